@@ -1,0 +1,1 @@
+"""Attacks: caption sets, triggers, targeted poisoning, backdoors, dedup evasion."""

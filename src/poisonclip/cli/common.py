@@ -1,0 +1,48 @@
+"""Shared CLI machinery: the Typer subclass that turns user mistakes into exit code 2."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from poisonclip.errors import UserError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one plain line on stderr (never wrapped by rich) and return Exit(2) to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+class App(typer.Typer):
+    """Typer app whose commands report ``UserError`` as one line and exit code 2.
+
+    Anything else is a bug in poisonclip and keeps its traceback.
+    """
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("no_args_is_help", True)
+        kwargs.setdefault("pretty_exceptions_show_locals", False)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(func)
+            def guarded(*a: Any, **kw: Any) -> Any:
+                try:
+                    return func(*a, **kw)
+                except UserError as e:
+                    raise fail(str(e)) from None
+
+            register(guarded)
+            return func
+
+        return decorator

@@ -1,0 +1,67 @@
+"""Write the embedded synthetic corpus through the same writers as any real dataset.
+
+The rest of the pipeline then cannot tell it from a user's scrape: a CSV for open_clip, the
+same samples as WebDataset shards, a labelled test split and the class names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from poisonclip.data.csv_io import write_csv
+from poisonclip.data.evalset import write_labelled_csv
+from poisonclip.data.synthetic import SynthConfig, generate
+from poisonclip.data.wds_io import write_shards
+from poisonclip.io_utils import atomic_dir, atomic_write_json, sha256_file
+
+TRAIN_CSV = "train.tsv"
+TEST_CSV = "test.tsv"
+SHARDS_DIR = "shards"
+INFO_FILE = "corpus.json"
+
+
+@dataclass(frozen=True)
+class CorpusPaths:
+    root: Path
+
+    @property
+    def train_csv(self) -> Path:
+        return self.root / TRAIN_CSV
+
+    @property
+    def shards(self) -> Path:
+        return self.root / SHARDS_DIR
+
+    @property
+    def test_csv(self) -> Path:
+        return self.root / TEST_CSV
+
+    @property
+    def classnames(self) -> Path:
+        return self.root / "classnames.txt"
+
+
+def write_corpus(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] = ("csv", "webdataset"),
+                 shard_size: int = 10_000, overwrite: bool = False) -> CorpusPaths:
+    """Generate the corpus and write it atomically into ``out`` (all or nothing)."""
+    corpus = generate(cfg)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        files = {}
+        if "csv" in formats:
+            files[TRAIN_CSV] = write_csv(corpus.train, tmp, name=TRAIN_CSV, extra_columns=("label",))
+        if "webdataset" in formats:
+            write_shards(corpus.train, tmp / SHARDS_DIR, shard_size=shard_size)
+        files[TEST_CSV] = write_labelled_csv(corpus.test, corpus.classnames, tmp, name=TEST_CSV)
+        atomic_write_json(tmp / INFO_FILE, {
+            "generator": "poisonclip.data.synthetic",
+            "config": dataclasses.asdict(cfg),
+            "classnames": corpus.classnames,
+            "n_train": len(corpus.train),
+            "n_test": len(corpus.test),
+            "formats": list(formats),
+            "sha256": {name: sha256_file(p) for name, p in sorted(files.items())},
+        })
+    return CorpusPaths(Path(out))

@@ -1,0 +1,149 @@
+"""CSV/TSV image-caption datasets in the layout open_clip's trainer reads.
+
+open_clip (``--dataset-type csv``) reads a table with an image-path column (``filepath``)
+and a caption column (``title``), tab-separated by default. We write exactly that, with
+paths relative to the table's folder, and read tables written by anyone.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image
+from poisonclip.errors import UserError
+from poisonclip.io_utils import atomic_write_text
+
+OPEN_CLIP_IMG_KEY = "filepath"
+OPEN_CLIP_CAPTION_KEY = "title"
+
+csv.field_size_limit(1 << 24)
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """Column names and separator; defaults are open_clip_train's own defaults."""
+
+    img_key: str = OPEN_CLIP_IMG_KEY
+    caption_key: str = OPEN_CLIP_CAPTION_KEY
+    sep: str | None = None  # None: tab for .tsv, else sniffed from the header line
+
+
+def _separator(path: Path, header: str, fmt: CsvFormat) -> str:
+    if fmt.sep is not None:
+        return fmt.sep
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    return "\t" if "\t" in header else ","
+
+
+def iter_rows(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
+              required: Sequence[str] | None = None) -> Iterator[dict[str, str]]:
+    """Yield the table's rows as dicts, after checking the file and its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass the path of a CSV/TSV dataset")
+    required = list(required if required is not None else (fmt.img_key, fmt.caption_key))
+    try:
+        f = open(path, newline="", encoding="utf-8")
+        header = f.readline()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: header is not UTF-8 text; is this really a CSV file?") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        if not header.strip():
+            raise UserError(f"{path}: the file is empty; expected a header with columns {required}")
+        sep = _separator(path, header, fmt)
+        columns = next(csv.reader([header], delimiter=sep))
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {missing}; found {columns}. "
+                            "Name the right ones with --img-key/--caption-key")
+        reader = csv.DictReader(f, fieldnames=columns, delimiter=sep)
+        try:
+            yield from reader
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason})") from None
+
+
+def read_csv(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
+             report: SkipReport | None = None, verify: bool = True) -> Iterator[Sample]:
+    """Yield samples; relative image paths resolve against the table's folder.
+
+    Rows whose image is missing or corrupt, or whose caption is empty, are skipped and
+    counted in ``report``. The key is the ``key`` column when present, else the row number.
+    """
+    path = Path(path)
+    report = report if report is not None else SkipReport()
+    root = path.parent
+    for i, row in enumerate(iter_rows(path, fmt)):
+        caption = row.get(fmt.caption_key)
+        if caption is None or not caption.strip():
+            report.skip("missing_caption")
+            continue
+        rel = row.get(fmt.img_key) or ""
+        img_path = Path(rel) if os.path.isabs(rel) else root / rel
+        try:
+            data = img_path.read_bytes()
+        except OSError:
+            report.skip("missing_image")
+            continue
+        if verify:
+            try:
+                decode_image(data)
+            except CorruptSample as e:
+                report.skip(e.reason)
+                continue
+        ext = img_path.suffix.lower().lstrip(".")
+        ext = ext if ext in IMAGE_EXTS else "jpg"
+        meta = {k: v for k, v in row.items()
+                if k not in (fmt.img_key, fmt.caption_key, "key") and k is not None}
+        meta["source_path"] = str(img_path)
+        yield Sample(key=row.get("key") or f"{i:09d}", image=data, caption=caption,
+                     meta=meta, ext=ext)
+
+
+def safe_key(key: str) -> str:
+    """Keys become file names and WebDataset keys: no dots, slashes or spaces."""
+    out = "".join(c if (c.isalnum() or c in "-_") else "_" for c in key)
+    if not out:
+        raise ValueError(f"unusable sample key {key!r}")
+    return out
+
+
+def write_table(path: str | os.PathLike, rows: Iterable[dict[str, object]],
+                columns: Sequence[str], sep: str = "\t") -> Path:
+    """Write rows atomically (temp file + rename)."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=sep, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(columns)
+    for row in rows:
+        w.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str = "train.tsv",
+              image_dir: str = "images", extra_columns: Sequence[str] = (),
+              sep: str = "\t") -> Path:
+    """Write images under ``out_dir/image_dir`` and a table ``out_dir/name`` that open_clip reads.
+
+    The table is written last, so a crash never leaves a table that points at missing
+    images. Extra columns come from each sample's meta (open_clip ignores them).
+    """
+    out_dir = Path(out_dir)
+    (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in samples:
+        rel = f"{image_dir}/{safe_key(s.key)}.{s.ext}"
+        (out_dir / rel).write_bytes(s.image)
+        row: dict[str, object] = {"key": s.key, OPEN_CLIP_IMG_KEY: rel, OPEN_CLIP_CAPTION_KEY: s.caption}
+        row.update({c: s.meta.get(c) for c in extra_columns})
+        rows.append(row)
+    cols = [OPEN_CLIP_IMG_KEY, OPEN_CLIP_CAPTION_KEY, "key", *extra_columns]
+    return write_table(out_dir / name, rows, cols, sep=sep)
