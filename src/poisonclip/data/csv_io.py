@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ OPEN_CLIP_IMG_KEY = "filepath"
 OPEN_CLIP_CAPTION_KEY = "title"
 
 csv.field_size_limit(1 << 24)
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,14 @@ def iter_rows(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
         raise UserError(f"{path}: no such file; pass the path of a CSV/TSV dataset")
     required = list(required if required is not None else (fmt.img_key, fmt.caption_key))
     try:
-        f = open(path, newline="", encoding="utf-8")
+        # surrogateescape: a bad byte in one caption must cost that row, not the whole file.
+        f = open(path, newline="", encoding="utf-8", errors="surrogateescape")
         header = f.readline()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: header is not UTF-8 text; is this really a CSV file?") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     with f:
+        if not is_utf8(header):
+            raise UserError(f"{path}: header is not UTF-8 text; is this really a CSV file?")
         if not header.strip():
             raise UserError(f"{path}: the file is empty; expected a header with columns {required}")
         sep = _separator(path, header, fmt)
@@ -63,11 +66,12 @@ def iter_rows(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
         if missing:
             raise UserError(f"{path}: missing column(s) {missing}; found {columns}. "
                             "Name the right ones with --img-key/--caption-key")
-        reader = csv.DictReader(f, fieldnames=columns, delimiter=sep)
-        try:
-            yield from reader
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason})") from None
+        yield from csv.DictReader(f, fieldnames=columns, delimiter=sep)
+
+
+def is_utf8(text: str) -> bool:
+    """False when ``text`` holds bytes that were not UTF-8 (decoded with surrogateescape)."""
+    return text.isascii() or _ESCAPED_BYTE.search(text) is None
 
 
 def read_csv(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
@@ -85,7 +89,13 @@ def read_csv(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
         if caption is None or not caption.strip():
             report.skip("missing_caption")
             continue
+        if not is_utf8(caption):
+            report.skip("caption_not_utf8")
+            continue
         rel = row.get(fmt.img_key) or ""
+        if not is_utf8(rel):
+            report.skip("path_not_utf8")
+            continue
         img_path = Path(rel) if os.path.isabs(rel) else root / rel
         try:
             data = img_path.read_bytes()
