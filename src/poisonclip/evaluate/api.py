@@ -1,0 +1,484 @@
+"""The evaluation stage: one checkpoint + a labelled eval set (+ a poisoned dataset's
+poison.json) -> ``metrics.json`` and ``similarities.npz``.
+
+Every measurement of the paper for one model, each with its sample size and a Wilson
+interval, and the identities (hashes) of everything it was computed from. Triggers come
+from ``poisonclip.attacks.triggers``, applied to the decoded image at its stored resolution
+before the model's preprocessing -- the code path the training poisons took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from poisonclip.attacks.triggers import Placement, patch_pixels, place
+from poisonclip.data.evalset import LabelledSet, load_labelled
+from poisonclip.data.sample import CorruptSample, SkipReport, decode_image
+from poisonclip.errors import UserError
+from poisonclip.evaluate import metrics as M
+from poisonclip.evaluate.embed import LoadedModel, embed_images, load_model, resolve_run
+from poisonclip.evaluate.probe import DEFAULT_CS, ProbeConfig, fit_probe, stratified_split
+from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
+from poisonclip.evaluate.zeroshot import classifier_weights, load_templates, zeroshot_scores
+from poisonclip.io_utils import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+
+METRICS_FILE = "metrics.json"
+SIMILARITIES_FILE = "similarities.npz"
+POISON_FILE = "poison.json"
+SCHEMA = "poisonclip.metrics/1"
+
+# Independent random streams per purpose, so adding one never shifts another.
+_STREAM_RANDOM_TRIGGER = 1
+_STREAM_PROBE_SPLIT = 2
+_STREAM_TRAIN_RANDOM_TRIGGER = 3
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything one evaluation depends on; recorded verbatim in metrics.json."""
+
+    data: Path                              # labelled eval set: table with a label column, or ImageFolder
+    out: Path                               # folder for metrics.json and similarities.npz
+    run: Path | None = None                 # a run folder (run.json) ...
+    model: str | None = None                # ... or an open_clip model name
+    checkpoint: Path | None = None          # ... and its checkpoint
+    classnames: Path | None = None          # default: classnames.txt beside the eval table
+    templates: str | None = None            # "openai" (CLIP's 80; default), "simple", or a file
+    poison: Path | None = None              # poisoned dataset folder: its poison.json gives trigger/targets
+    probe: bool = True
+    probe_train: Path | None = None         # labelled set to train the probe on; default: split `data`
+    probe_fraction: float = 0.5             # share of `data` (per class) that trains the probe, if split
+    probe_cs: tuple[float, ...] = DEFAULT_CS
+    probe_val_fraction: float = 0.2
+    seed: int = 0
+    batch_size: int = 128
+    device: str = "cpu"
+    chunk: int = 2048                       # rows per block of the all-pairs similarity products
+    n_bins: int = 200                       # histogram bins over cosine [-1, 1]
+    overwrite: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("overwrite")  # how to write, not what was measured
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class BackdoorSpec:
+    target_label: str
+    patch_size: int          # side in pixels at 224x224, scaled to each image
+    placement: Placement     # as in training
+    trigger: str = "checkerboard"   # name in poisonclip.attacks.registry.TRIGGERS, as in training
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    id: str
+    label: str
+    image: Path
+
+
+@dataclass(frozen=True)
+class PoisonInfo:
+    path: Path
+    sha256: str
+    attack: str
+    backdoor: BackdoorSpec | None
+    targets: tuple[TargetSpec, ...]
+
+
+def read_poison(folder: str | os.PathLike) -> PoisonInfo:
+    """The trigger or targets of a poisoned dataset folder (poison.json, the hand-off contract)."""
+    from poisonclip.attacks.api import read_poison_info
+
+    folder = Path(folder)
+    path = folder / POISON_FILE if folder.is_dir() else folder
+    if not path.is_file():
+        raise UserError(f"{path}: not found; --poison takes a folder written by `poisonclip poison`")
+    info = read_poison_info(path)
+    root = path.parent
+    attack = info.get("attack")
+    backdoor, targets = None, ()
+    try:
+        if attack == "backdoor":
+            b = info["backdoor"]
+            backdoor = BackdoorSpec(str(b["target_label"]), int(b["patch_size"]), Placement(b["placement"]),
+                                    str(b.get("trigger") or "checkerboard"))
+            if backdoor.patch_size <= 0:
+                raise ValueError("patch_size must be positive")
+        elif attack == "targeted":
+            targets = tuple(TargetSpec(str(t["id"]), str(t["label"]), root / t["image"]) for t in info["targets"])
+            if not targets:
+                raise ValueError("no targets")
+        else:
+            raise ValueError(f"attack {attack!r} is neither 'backdoor' nor 'targeted'")
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); rewrite it with `poisonclip poison`") from None
+    return PoisonInfo(path.resolve(), sha256_file(path), attack, backdoor, targets)
+
+
+def _class_index(label: str, classnames: Sequence[str], where: str) -> int:
+    if label not in classnames:
+        raise UserError(f"{where}: target label {label!r} is not in the eval class list {list(classnames)}; "
+                        "evaluate on a set whose classnames include it (or pass --classnames)")
+    return list(classnames).index(label)
+
+
+def _identity(ls: LabelledSet, path: Path, report: SkipReport) -> dict[str, Any]:
+    """Hashes that pin the eval set: the table file itself and the labelled images it names."""
+    h = hashlib.sha256()
+    for s in ls.samples:
+        h.update(f"{s.key}\t{s.meta['label']}\t{sha256_bytes(s.image)}\n".encode())
+    return {
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path) if path.is_file() else None,
+        "content_sha256": h.hexdigest(),
+        "n_images": len(ls.samples),
+        "classnames": list(ls.classnames),
+        "skipped": dict(sorted(report.items())),
+    }
+
+
+def _images(ls: LabelledSet, indices: Sequence[int] | None = None,
+            trigger: Callable[[Image.Image, int], Image.Image] | None = None) -> Iterator[Image.Image]:
+    for i in (range(len(ls.samples)) if indices is None else indices):
+        im = ls.samples[i].decode()
+        yield trigger(im, i) if trigger else im
+
+
+def _trigger_fn(spec: BackdoorSpec, placement: Placement, rng: np.random.Generator,
+                positions: list[tuple[int, int, int]]) -> Callable[[Image.Image, int], Image.Image]:
+    """The training poisons' code path: registry trigger (``triggers.apply`` for the
+    checkerboard) at ``triggers.place``, on the image at its stored resolution."""
+    from poisonclip.attacks.registry import TRIGGERS
+
+    paste = TRIGGERS.get(spec.trigger)
+
+    def fn(im: Image.Image, i: int) -> Image.Image:
+        size = patch_pixels(spec.patch_size, im.size)
+        try:
+            where = place(im.size, size, placement, rng)
+        except ValueError as e:
+            raise UserError(f"poison.json: backdoor patch_size {spec.patch_size}: {e}") from None
+        positions.append((where.x, where.y, where.size))
+        return paste(im, where)
+    return fn
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An .npz numpy can load, written by hand because ``np.savez`` stamps the current time
+    into the zip and same inputs must give byte-identical files."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            arr = io.BytesIO()
+            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, arr.getvalue())
+    return buf.getvalue()
+
+
+def _resolve_model(cfg: EvalConfig) -> tuple[str, Path]:
+    if cfg.run is not None:
+        if cfg.model or cfg.checkpoint:
+            raise UserError("--run: give either --run or --model with --checkpoint, not both")
+        return resolve_run(cfg.run)
+    if not cfg.model or cfg.checkpoint is None:
+        raise UserError("no model: pass --run RUN_FOLDER, or --model NAME with --checkpoint PATH")
+    return cfg.model, Path(cfg.checkpoint)
+
+
+def _validate(cfg: EvalConfig) -> None:
+    if not 0 < cfg.probe_fraction < 1:
+        raise UserError(f"--probe-fraction must be between 0 and 1, got {cfg.probe_fraction}")
+    if not 0 < cfg.probe_val_fraction < 1:
+        raise UserError(f"--probe-val-fraction must be between 0 and 1, got {cfg.probe_val_fraction}")
+    for name in ("batch_size", "chunk", "n_bins"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.probe and not cfg.probe_cs:
+        raise UserError("--probe-c: give at least one C value")
+
+
+def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every applicable measurement; write ``metrics.json`` (last) and ``similarities.npz``
+    into ``cfg.out`` atomically and return the metrics."""
+    say = progress or (lambda _msg: None)
+    _validate(cfg)
+    out = Path(cfg.out)
+    if (out / METRICS_FILE).exists() and not cfg.overwrite:
+        raise UserError(f"{out / METRICS_FILE}: already exists; choose another --out or pass --overwrite")
+    model_name, ckpt = _resolve_model(cfg)
+
+    report = SkipReport()
+    data_path = Path(cfg.data)
+    if not data_path.exists():
+        raise UserError(f"{data_path}: eval set not found; give a labelled table (e.g. test.tsv) or an image folder")
+    ls = load_labelled(data_path, cfg.classnames, report)
+    classnames = list(ls.classnames)
+    labels = np.asarray(ls.labels, dtype=np.int64)
+    if len(labels) < 2:
+        raise UserError(f"{data_path}: {len(labels)} readable labelled image(s); pairwise metrics need at least 2")
+    templates = load_templates(cfg.templates)
+    poison = read_poison(cfg.poison) if cfg.poison is not None else None
+    target_idx = (_class_index(poison.backdoor.target_label, classnames, str(poison.path))
+                  if poison and poison.backdoor else None)
+    if target_idx is not None and not (labels != target_idx).any():
+        raise UserError(f"{data_path}: every image has the backdoor target label; ASR needs images of other classes")
+    for t in poison.targets if poison else ():
+        _class_index(t.label, classnames, str(poison.path))
+
+    probe_set, probe_report = None, SkipReport()
+    if cfg.probe and cfg.probe_train is not None:
+        if not Path(cfg.probe_train).exists():
+            raise UserError(f"{cfg.probe_train}: --probe-train set not found")
+        probe_set = load_labelled(cfg.probe_train, cfg.classnames, probe_report)
+        if list(probe_set.classnames) != classnames:
+            raise UserError(f"{cfg.probe_train}: its class list {list(probe_set.classnames)} differs from the "
+                            f"eval set's {classnames}; both must list the same classes in the same order")
+
+    say(f"loading {model_name} from {ckpt}")
+    lm = load_model(model_name, ckpt, cfg.device)
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "config": cfg.to_dict(),
+        "model": {"name": lm.name, "checkpoint": str(lm.checkpoint), "checkpoint_sha256": lm.checkpoint_sha256,
+                  "run": str(Path(cfg.run).resolve()) if cfg.run else None},
+        "data": _identity(ls, data_path, report),
+        "templates": {"source": cfg.templates or "openai", "n": len(templates), "templates": list(templates)},
+        "versions": _versions(),
+    }
+
+    say(f"zero-shot head: {len(classnames)} classes x {len(templates)} templates")
+    weights = classifier_weights(lm.model, lm.tokenizer, classnames, templates, cfg.device)
+    say(f"embedding {len(ls.samples)} eval images")
+    clean_emb = embed_images(lm, _images(ls), cfg.batch_size)
+    zs_clean = zeroshot_scores(clean_emb, weights)
+    clean = {"zeroshot": {"top1": M.top1(zs_clean, labels).to_dict()}}
+
+    probe, probe_idx = None, np.arange(len(labels))
+    if cfg.probe:
+        if probe_set is not None:
+            say(f"embedding {len(probe_set.samples)} probe-training images")
+            ptrain_emb = embed_images(lm, _images(probe_set), cfg.batch_size)
+            ptrain_labels = np.asarray(probe_set.labels, dtype=np.int64)
+            split = {"source": "probe_train", **_identity(probe_set, Path(cfg.probe_train), probe_report)}
+        else:
+            rng = np.random.default_rng([cfg.seed, _STREAM_PROBE_SPLIT])
+            tr, probe_idx = stratified_split(labels, cfg.probe_fraction, rng)
+            ptrain_emb, ptrain_labels = clean_emb[tr], labels[tr]
+            split = {"source": "split_of_data", "fraction": cfg.probe_fraction, "seed": cfg.seed,
+                     "train_keys_sha256": sha256_bytes("\n".join(ls.samples[i].key for i in tr).encode())}
+        say("fitting the linear probe")
+        try:
+            probe = fit_probe(ptrain_emb, ptrain_labels, len(classnames),
+                              ProbeConfig(tuple(cfg.probe_cs), cfg.probe_val_fraction, seed=cfg.seed))
+        except ValueError as e:
+            raise UserError(f"{cfg.probe_train or data_path}: cannot train the linear probe ({e}); "
+                            "give more labelled images or pass --no-probe") from None
+        clean["probe"] = {"top1": M.top1(probe.scores(clean_emb[probe_idx]), labels[probe_idx]).to_dict(),
+                          "n_train": int(len(ptrain_labels)), "n_test": int(len(probe_idx)),
+                          "train_set": split, **probe.info()}
+    result["clean"] = clean
+
+    edges = np.linspace(-1.0, 1.0, cfg.n_bins + 1)
+    say("all-pairs similarity of clean embeddings")
+    clean_pairs = M.pairwise_similarity(clean_emb, edges, cfg.chunk)
+    curve_true = M.similarity_vs_same_label(clean_emb, labels, edges, cfg.chunk)
+    curve_pred = M.similarity_vs_same_label(clean_emb, M.predict(zs_clean), edges, cfg.chunk)
+    arrays: dict[str, np.ndarray] = {
+        "edges": edges, "clean_counts": clean_pairs.counts,
+        "same_label_pairs": curve_true.pairs, "same_label_same": curve_true.same,
+        "same_prediction_same": curve_pred.same,
+        "labels": labels, "zeroshot_pred_clean": M.predict(zs_clean),
+    }
+    result["similarity"] = {"clean": {"mean": clean_pairs.mean, "std": clean_pairs.std,
+                                      "n_pairs": clean_pairs.n_pairs},
+                            "arrays": SIMILARITIES_FILE}
+
+    if poison and poison.backdoor:
+        result["backdoor"] = _backdoor(cfg, lm, ls, labels, poison.backdoor, int(target_idx), weights,
+                                       zs_clean, probe, probe_idx, clean_emb, clean_pairs, edges, arrays, say)
+    if poison and poison.targets:
+        result["targeted"] = _targeted(lm, poison.targets, classnames, weights, probe, cfg.batch_size, say)
+    if poison:
+        result["poison"] = {"path": str(poison.path), "sha256": poison.sha256, "attack": poison.attack}
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / SIMILARITIES_FILE, _npz_bytes(arrays))
+    atomic_write_json(out / METRICS_FILE, result)
+    say(f"wrote {out / METRICS_FILE}")
+    return result
+
+
+def _backdoor(cfg: EvalConfig, lm: LoadedModel, ls: LabelledSet, labels: np.ndarray, spec: BackdoorSpec,
+              target: int, weights: np.ndarray, zs_clean: np.ndarray, probe: Any, probe_idx: np.ndarray,
+              clean_emb: np.ndarray, clean_pairs: M.PairStats, edges: np.ndarray,
+              arrays: dict[str, np.ndarray], say: Callable[[str], None]) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "target_label": spec.target_label, "target_index": target, "patch_size_224": spec.patch_size,
+        "train_placement": spec.placement.value, "trigger": spec.trigger,
+        # Non-target images the clean-image classifier already sends to the target: the floor
+        # an ASR should be read against.
+        "target_rate_without_trigger": {"zeroshot": M.backdoor_asr(zs_clean, labels, target).to_dict()},
+        "asr": {}, "zscore": {},
+    }
+    if probe is not None:
+        res["target_rate_without_trigger"]["probe"] = _probe_asr(probe.scores(clean_emb[probe_idx]),
+                                                                 labels[probe_idx], target)
+    stream = {"train_placement": _STREAM_TRAIN_RANDOM_TRIGGER, "random": _STREAM_RANDOM_TRIGGER, "corner": 0}
+    tests = [("train_placement", spec.placement), ("random", Placement.random)]
+    if spec.placement is not Placement.corner:
+        # Poisons placed randomly are still tested with the paper's consistent (corner) patch.
+        tests.append(("corner", Placement.corner))
+    for name, placement in tests:
+        rng = np.random.default_rng([cfg.seed, stream[name]])
+        positions: list[tuple[int, int, int]] = []
+        say(f"embedding triggered images ({name}: {placement.value})")
+        trig = embed_images(lm, _images(ls, trigger=_trigger_fn(spec, placement, rng, positions)), cfg.batch_size)
+        asr = {"placement": placement.value,
+               "zeroshot": M.backdoor_asr(zeroshot_scores(trig, weights), labels, target).to_dict()}
+        if probe is not None:
+            asr["probe"] = _probe_asr(probe.scores(trig[probe_idx]), labels[probe_idx], target)
+        res["asr"][name] = asr
+        try:
+            z = M.backdoor_zscore(clean_emb, trig, edges, cfg.chunk, clean=clean_pairs)
+            res["zscore"][name] = {"placement": placement.value, **z.to_dict()}
+            arrays[f"triggered_{name}_counts"] = z.triggered.counts
+        except ValueError as e:  # a collapsed model (all clean embeddings equal): z undefined
+            res["zscore"][name] = {"placement": placement.value, "z": None, "note": str(e)}
+        arrays[f"trigger_{name}_xys"] = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+    return res
+
+
+def _probe_asr(scores: np.ndarray, labels: np.ndarray, target: int) -> dict[str, Any] | None:
+    """None when the probe's held-out images are all of the target class (tiny eval sets)."""
+    if not (labels != target).any():
+        return None
+    return M.backdoor_asr(scores, labels, target).to_dict()
+
+
+def _targeted(lm: LoadedModel, targets: Sequence[TargetSpec], classnames: Sequence[str], weights: np.ndarray,
+              probe: Any, batch_size: int, say: Callable[[str], None]) -> dict[str, Any]:
+    images = []
+    for t in targets:
+        try:
+            images.append(decode_image(t.image.read_bytes()))
+        except OSError:
+            raise UserError(f"{t.image}: target image of {t.id!r} not found beside poison.json") from None
+        except CorruptSample as e:
+            raise UserError(f"{t.image}: target image of {t.id!r} cannot be decoded ({e})") from None
+    say(f"embedding {len(images)} target images")
+    emb = embed_images(lm, images, batch_size)
+    ys = np.asarray([list(classnames).index(t.label) for t in targets], dtype=np.int64)
+    heads = {"zeroshot": zeroshot_scores(emb, weights)}
+    if probe is not None:
+        heads["probe"] = probe.scores(emb)
+    per_target: list[dict[str, Any]] = [{"id": t.id, "label": t.label, "label_index": int(y)}
+                                        for t, y in zip(targets, ys)]
+    summary: dict[str, Any] = {}
+    for head, scores in heads.items():
+        results = M.targeted_success(scores, ys)
+        for row, r in zip(per_target, results):
+            row[head] = {"success": r.success, "rank": r.rank, "predicted": classnames[r.predicted]}
+        summary[head] = {"success": Rate(sum(r.success for r in results), len(results)).to_dict(),
+                         "mean_rank": float(np.mean([r.rank for r in results]))}
+    return {"targets": per_target, "summary": summary}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("poisonclip", "open_clip_torch", "torch", "scikit-learn", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+# ---- across models -------------------------------------------------------------------------
+
+def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """metrics.json files; a folder stands for every metrics.json below it (sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob(METRICS_FILE))
+            if not found:
+                raise UserError(f"{p}: no {METRICS_FILE} below this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: not found; give metrics.json files or folders holding them")
+    out = []
+    for f in files:
+        try:
+            m = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{f}: not valid JSON ({e})") from None
+        if not isinstance(m, dict) or m.get("schema") != SCHEMA:
+            raise UserError(f"{f}: not a poisonclip metrics file (schema {SCHEMA})")
+        out.append({**m, "_path": str(f)})
+    return out
+
+
+def _rates(ms: Sequence[Mapping[str, Any]], *keys: str) -> list[Rate]:
+    out = []
+    for m in ms:
+        node: Any = m
+        for k in keys:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if node is None:
+            return []  # a metric not every model has is not summarised
+        out.append(Rate.from_dict(node))
+    return out
+
+
+def _rate_summary(rates: Sequence[Rate]) -> dict[str, Any] | None:
+    if not rates:
+        return None
+    return {"per_model": mean_std([r.rate for r in rates]).to_dict(), "pooled": pooled_rate(rates).to_dict()}
+
+
+def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean +- std over models (seeds) and pooled Wilson intervals for every shared metric."""
+    if not ms:
+        raise ValueError("no metrics to summarise")
+    out: dict[str, Any] = {"n_models": len(ms)}
+    for head in ("zeroshot", "probe"):
+        out[f"clean_top1_{head}"] = _rate_summary(_rates(ms, "clean", head, "top1"))
+        for pl in ("train_placement", "random", "corner"):
+            out[f"asr_{pl}_{head}"] = _rate_summary(_rates(ms, "backdoor", "asr", pl, head))
+        out[f"targeted_success_{head}"] = _rate_summary(_rates(ms, "targeted", "summary", head, "success"))
+    for pl in ("train_placement", "random", "corner"):
+        zs = [m.get("backdoor", {}).get("zscore", {}).get(pl, {}).get("z") for m in ms]
+        out[f"zscore_{pl}"] = mean_std(zs).to_dict() if all(z is not None for z in zs) else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def compare(poisoned: Sequence[Mapping[str, Any]], clean: Sequence[Mapping[str, Any]],
+            alpha: float = 0.05) -> dict[str, Any]:
+    """Summaries of both groups and the test of clean accuracy, poisoned vs clean models."""
+    res: dict[str, Any] = {"poisoned": summarise(poisoned), "clean": summarise(clean), "accuracy_tests": {}}
+    for head in ("zeroshot", "probe"):
+        rp, rc = _rates(poisoned, "clean", head, "top1"), _rates(clean, "clean", head, "top1")
+        if rp and rc:
+            res["accuracy_tests"][head] = compare_accuracy(
+                [r.rate for r in rp], [r.rate for r in rc], alpha, rp, rc).to_dict()
+    return res

@@ -1,0 +1,177 @@
+"""Load any open_clip checkpoint for evaluation and embed images with it.
+
+Works for this project's runs and for a user's own checkpoint alike: the architecture is an
+open_clip model name (ours are registered first), the weights a file read with
+``weights_only=True``. A checkpoint that does not fit the named architecture is refused
+instead of being resized or partly loaded, since the numbers would describe another model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from poisonclip.errors import UserError
+from poisonclip.io_utils import sha256_file
+
+RUN_FILE = "run.json"
+
+# open_clip_train saves these beside the weights; their shapes do not describe the model
+# (logit_scale may be stored as a scalar or a 1-vector; open_clip reshapes it on load).
+_RESHAPED_ON_LOAD = ("logit_scale", "logit_bias")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any              # open_clip CLIP / CustomTextCLIP in eval mode
+    preprocess: Callable[[Image.Image], Any]   # the model's validation transform
+    tokenizer: Any
+    name: str
+    checkpoint: Path
+    checkpoint_sha256: str
+    device: str
+
+
+def resolve_run(run_dir: str | os.PathLike) -> tuple[str, Path]:
+    """(model name, checkpoint path) from a run folder's run.json."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found; --run takes a folder written by `poisonclip train`")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("model", "checkpoint") if not isinstance(info.get(k), str) or not info.get(k)]
+    if missing:
+        raise UserError(f"{path}: no {' or '.join(missing)} recorded (did training finish?); "
+                        "pass --model and --checkpoint instead")
+    ckpt = Path(info["checkpoint"])
+    return info["model"], ckpt if ckpt.is_absolute() else run_dir / ckpt
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    import torch
+    from open_clip.factory import load_state_dict
+
+    try:
+        sd = load_state_dict(str(path), device="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if m:
+            raise UserError(f"{path}: refused to load: it contains Python object {m.group(1)}, and checkpoints "
+                            "are read with weights_only=True (tensors and plain containers only); "
+                            "re-save just the state_dict") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (unpickling failed); "
+                        "give a .pt file saved with torch.save or a .safetensors file") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
+                        "give a .pt file saved with torch.save or a .safetensors file") from None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path}: no state_dict of tensors inside; expected open_clip_train's "
+                        "checkpoint ({'state_dict': ...}) or a bare state_dict")
+    return sd
+
+
+def _check_fits(model: Any, sd: dict[str, Any], name: str, path: Path) -> None:
+    """Refuse shape mismatches (open_clip would silently resize positional embeddings)."""
+    own = model.state_dict()
+    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
+           if k in sd and k not in _RESHAPED_ON_LOAD and tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        k, got, want = bad[0]
+        raise UserError(f"{path}: does not fit model {name!r}: {len(bad)} tensor(s) differ in shape, "
+                        f"e.g. {k} is {list(got)} in the checkpoint but {list(want)} in the model; "
+                        "pass the --model the checkpoint was trained with")
+
+
+def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """Build ``name`` (an open_clip model name; this project's configs are registered first)
+    without weights, then load ``checkpoint`` strictly."""
+    import open_clip
+
+    from poisonclip.train.models import register_models
+
+    register_models()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; pass the .pt file written by training "
+                        "(open_clip_train saves logs/<name>/checkpoints/epoch_<n>.pt)")
+    if ":" not in name and open_clip.get_model_config(name) is None:
+        ours = ", ".join(register_models())
+        raise UserError(f"--model {name!r}: not an open_clip model name; this project's are {ours}, "
+                        "see open_clip.list_models() for the rest")
+    try:
+        with _quiet_random_init_warning():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, device=device, pretrained_text=False)
+    except RuntimeError as e:
+        raise UserError(f"--model {name!r}: open_clip cannot build it ({str(e).splitlines()[0]})") from None
+    sd = _read_state_dict(path)
+    _check_fits(model, sd, name, path)
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True, device=device)
+    except RuntimeError as e:
+        own = set(model.state_dict())
+        missing, extra = sorted(own - set(sd)), sorted(set(sd) - own)
+        detail = (f"{len(missing)} model tensor(s) missing (e.g. {missing[:1]}), "
+                  f"{len(extra)} unexpected (e.g. {extra[:1]})") if (missing or extra) else str(e).splitlines()[0]
+        raise UserError(f"{path}: does not fit model {name!r}: {detail}; "
+                        "pass the --model the checkpoint was trained with") from None
+    model.eval()
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(name), name, path.resolve(),
+                       sha256_file(path), device)
+
+
+def embed_images(loaded: LoadedModel, images: Iterable[Image.Image], batch_size: int = 64) -> np.ndarray:
+    """(n, dim) float32 L2-normalised image embeddings, through the model's validation
+    transform, in batches of ``batch_size``."""
+    import torch
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in _batched(images, batch_size):
+            x = torch.stack([loaded.preprocess(im) for im in batch]).to(loaded.device)
+            out.append(loaded.model.encode_image(x, normalize=True).float().cpu().numpy())
+    if not out:
+        dim = int(getattr(loaded.model.visual, "output_dim", 0) or 0)
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns "initialized randomly" when built without weights; ours come next."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _batched(items: Iterable[Image.Image], n: int) -> Iterator[list[Image.Image]]:
+    batch: list[Image.Image] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,106 @@
+"""Statistics across models: Wilson intervals, mean/std over seeds, the accuracy test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate, wilson_interval
+
+
+@pytest.mark.parametrize("k,n,lo,hi", [
+    (0, 10, 0.0, 0.27754),     # the classic "rule of three"-like upper bound
+    (5, 10, 0.23659, 0.76341),
+    (10, 10, 0.72246, 1.0),
+    (1, 1, 0.20654, 1.0),
+])
+def test_wilson_against_known_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got[0] == pytest.approx(lo, abs=5e-5) and got[1] == pytest.approx(hi, abs=5e-5)
+
+
+@pytest.mark.parametrize("k,n", [(3, 17), (81, 263), (0, 1), (499, 500)])
+def test_wilson_matches_scipy(k, n):
+    ref = st.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((ref.low, ref.high), abs=1e-9)
+    ref90 = st.binomtest(k, n).proportion_ci(0.9, method="wilson")
+    assert wilson_interval(k, n, 0.9) == pytest.approx((ref90.low, ref90.high), abs=1e-9)
+
+
+def test_rate_and_pooling():
+    r = Rate(3, 4)
+    assert r.rate == 0.75 and r.to_dict()["ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+    assert pooled_rate([Rate(1, 2), Rate(3, 4), Rate(0, 4)]) == Rate(4, 10)
+    assert Rate(0, 0).to_dict()["rate"] is None  # JSON has no NaN
+    with pytest.raises(ValueError):
+        Rate(5, 4)
+
+
+def test_mean_std_uses_sample_std():
+    s = mean_std([0.90, 0.92, 0.94])
+    assert s.mean == pytest.approx(0.92) and s.std == pytest.approx(0.02) and s.n == 3
+    one = mean_std([0.5])
+    assert math.isnan(one.std) and one.to_dict()["std"] is None
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+def test_welch_t_used_with_two_or_more_models_per_group():
+    p, c = [0.80, 0.82, 0.85, 0.81], [0.90, 0.91, 0.89]
+    cmp = compare_accuracy(p, c)
+    # Welch's statistic by hand
+    a, b = np.array(p), np.array(c)
+    t = (a.mean() - b.mean()) / math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert cmp.test == "welch_t"
+    assert cmp.statistic == pytest.approx(t)
+    assert cmp.p_value < 0.05 and cmp.significant_loss
+    lo, hi = cmp.diff_ci95
+    assert lo < cmp.diff < hi < 0
+    same = compare_accuracy([0.90, 0.91, 0.89], [0.905, 0.895, 0.90])
+    assert not same.significant and not same.significant_loss
+
+
+def test_single_model_falls_back_to_fisher_on_counts_or_no_test():
+    cmp = compare_accuracy([0.5], [0.9], poisoned_counts=[Rate(50, 100)], clean_counts=[Rate(90, 100)])
+    assert cmp.test == "fisher_exact"
+    assert cmp.p_value == pytest.approx(st.fisher_exact([[50, 50], [90, 10]]).pvalue)
+    assert cmp.significant_loss and "seed variance" in cmp.note
+    none = compare_accuracy([0.5], [0.9])
+    assert none.test == "none" and none.p_value is None and not none.significant
+
+
+def test_no_spread_means_no_t_statistic():
+    cmp = compare_accuracy([0.9, 0.9], [0.9, 0.9])
+    assert cmp.test == "none" and cmp.p_value is None and cmp.diff == 0
+
+
+def _metrics(top1: Rate, asr: Rate | None = None, z: float | None = None) -> dict:
+    m = {"schema": "poisonclip.metrics/1", "clean": {"zeroshot": {"top1": top1.to_dict()}}}
+    if asr is not None:
+        m["backdoor"] = {"asr": {"train_placement": {"zeroshot": asr.to_dict()}},
+                         "zscore": {"train_placement": {"z": z}}}
+    return m
+
+
+def test_summarise_and_compare_across_seeds():
+    from poisonclip.evaluate.api import compare, summarise
+
+    poisoned = [_metrics(Rate(80, 100), Rate(45, 90), 2.0), _metrics(Rate(84, 100), Rate(60, 90), 3.0),
+                _metrics(Rate(82, 100), Rate(30, 90), 1.0)]
+    clean = [_metrics(Rate(90, 100)), _metrics(Rate(91, 100)), _metrics(Rate(89, 100))]
+    s = summarise(poisoned)
+    assert s["n_models"] == 3
+    assert s["clean_top1_zeroshot"]["per_model"]["mean"] == pytest.approx(0.82)
+    assert s["clean_top1_zeroshot"]["per_model"]["std"] == pytest.approx(0.02)
+    assert s["asr_train_placement_zeroshot"]["pooled"]["k"] == 135
+    assert s["asr_train_placement_zeroshot"]["pooled"]["n"] == 270
+    assert s["zscore_train_placement"]["mean"] == pytest.approx(2.0)
+    assert s["zscore_train_placement"]["std"] == pytest.approx(1.0)
+    assert "asr_train_placement_zeroshot" not in summarise(clean)  # metric absent -> not summarised
+    res = compare(poisoned, clean)
+    t = res["accuracy_tests"]["zeroshot"]
+    assert t["test"] == "welch_t" and t["significant_loss"] and t["diff"] == pytest.approx(-0.08)
