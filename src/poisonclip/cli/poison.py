@@ -1,9 +1,263 @@
-"""`poisonclip poison` (placeholder until its stage lands)."""
+"""``poisonclip poison``: targeted poisoning, backdoors, caption-set previews; ``poisonclip list``.
+
+Options map once onto ``BackdoorConfig`` / ``TargetedConfig`` / ``CaptionSetConfig``; the
+library (``poisonclip.attacks.api``) does the work.
+"""
 
 from __future__ import annotations
 
-from poisonclip.cli.common import App
+import shlex
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from poisonclip.attacks.captions import CaptionSource
+from poisonclip.attacks.triggers import Placement
+from poisonclip.cli.common import App, console
+from poisonclip.errors import UserError
+
+app = App(help="Poison a dataset: targeted poisoning or a backdoor, with a ground-truth manifest.")
+
+_DATA_HELP = "Clean dataset: a .csv/.tsv table (open_clip columns) or WebDataset shards (folder or pattern)."
+_OUT_HELP = "Poisoned dataset folder to create (must not exist unless --overwrite)."
+
+
+class Kind(str, Enum):
+    attacks = "attacks"
+    triggers = "triggers"
+    captions = "captions"
+
+
+def _sep(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    return {"tab": "\t", "\\t": "\t", "comma": ","}.get(value, value)
+
+
+def _summary(result) -> None:
+    t = Table(show_header=False, box=None)
+    t.add_row("attack", result.attack)
+    t.add_row("folder", str(result.out))
+    t.add_row("format", result.dataset_type)
+    t.add_row("poisons", f"{result.n_poisons} of {result.num_samples} samples "
+                         f"(ratio {result.n_poisons / result.num_samples:.3g})")
+    if result.skipped:
+        t.add_row("clean rows dropped", ", ".join(f"{k}={v}" for k, v in sorted(result.skipped.items())))
+    if result.skipped_reading:
+        t.add_row("unusable samples met",
+                  ", ".join(f"{k}={v}" for k, v in sorted(result.skipped_reading.items())))
+    console.print(t)
+    cmd = shlex.join(["python", "-m", "open_clip_train.main", "--train-data", result.train_data,
+                      "--dataset-type", result.dataset_type])
+    if result.dataset_type == "csv":  # open_clip's defaults, except that bash needs $'\t' for a tab
+        cmd += " --csv-separator $'\\t' --csv-img-key filepath --csv-caption-key title"
+    console.print(f"train with: {cmd}", soft_wrap=True, markup=False, highlight=False)
+
+
+# Options shared by both attacks.
+Seed = Annotated[int, typer.Option(help="Seed for every random choice; same seed, byte-identical output.")]
+NoPlurals = Annotated[bool, typer.Option("--no-plurals",
+                                         help="Caption search matches the label only, not its plural forms.")]
+Classnames = Annotated[Optional[Path], typer.Option(
+    help="Class list (one name per line); default: classnames.txt beside the data. Labels must be in it.")]
+NoClassnames = Annotated[bool, typer.Option("--no-classnames", help="Ignore any class list.")]
+LabelKey = Annotated[str, typer.Option(help="Label column (CSV) or json field (WebDataset) holding true labels.")]
+NoiseSigma = Annotated[float, typer.Option(
+    help="Dedup evasion: Gaussian noise std per poison image, in pixel units (0..255); 0 = off.")]
+PerturbCaptions = Annotated[bool, typer.Option(
+    "--perturb-captions",
+    help="Dedup evasion: synonym swaps and irrelevant words so no two poison captions are equal.")]
+ImgKey = Annotated[str, typer.Option(help="Image-path column of a CSV input.")]
+CaptionKey = Annotated[str, typer.Option(help="Caption column of a CSV input.")]
+CsvSep = Annotated[Optional[str], typer.Option(help="CSV separator ('tab', 'comma' or a character); default: sniffed.")]
+PoisonShards = Annotated[Optional[int], typer.Option(
+    help="WebDataset: shards to spread the poisons over (default: one per clean shard, at most one per poison).")]
+ShardPrefix = Annotated[str, typer.Option(help="WebDataset: name prefix of the poison shards.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")]
+
+
+@app.command()
+def backdoor(
+    data: Annotated[str, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option(help=_OUT_HELP)],
+    label: Annotated[str, typer.Option(help="Target label y' that patched images should be classified as.")],
+    n_poisons: Annotated[int, typer.Option(help="Number of poisoned samples to inject (paper: 150..1500 in 3M).")],
+    patch_size: Annotated[int, typer.Option(help="Checkerboard side in pixels at 224x224, scaled to each image "
+                                                 "(paper: 16; ablation 1..32).")] = 16,
+    placement: Annotated[Placement, typer.Option(help="corner: upper-left on every image (paper); "
+                                                      "random: a random place per image.")] = Placement.corner,
+    caption_file: Annotated[Optional[Path], typer.Option(
+        help="Saved search caption set (`poisonclip poison captions --out`) instead of searching DATA.")] = None,
+    exclude_label: Annotated[Optional[List[str]], typer.Option(
+        help="Label value(s) never used as source images (the target's own label is always excluded).")] = None,
+    pool_factor: Annotated[float, typer.Option(
+        help="WebDataset: draw sources from random shards holding this many times --n-poisons eligible "
+             "images; 0 = uniformly from every shard (reads the whole dataset).")] = 4.0,
+    seed: Seed = 0,
+    no_plurals: NoPlurals = False,
+    classnames: Classnames = None,
+    no_classnames: NoClassnames = False,
+    label_key: LabelKey = "label",
+    noise_sigma: NoiseSigma = 0.0,
+    perturb_captions: PerturbCaptions = False,
+    img_key: ImgKey = "filepath",
+    caption_key: CaptionKey = "title",
+    csv_sep: CsvSep = None,
+    poison_shards: PoisonShards = None,
+    shard_prefix: ShardPrefix = "poison-",
+    overwrite: Overwrite = False,
+) -> None:
+    """Backdoor: patched images from DATA (not of the target class) paired with captions naming the label."""
+    from poisonclip.attacks.api import BackdoorConfig, poison
+
+    cfg = BackdoorConfig(
+        data=data, out=str(out), target_label=label, n_poisons=n_poisons, patch_size=patch_size,
+        placement=placement, seed=seed, plurals=not no_plurals,
+        caption_file=str(caption_file) if caption_file else None,
+        classnames=str(classnames) if classnames else None, no_classnames=no_classnames,
+        label_key=label_key, exclude_labels=tuple(exclude_label or ()), pool_factor=pool_factor,
+        noise_sigma=noise_sigma, perturb_captions=perturb_captions, img_key=img_key,
+        caption_key=caption_key, csv_sep=_sep(csv_sep), poison_shards=poison_shards,
+        shard_prefix=shard_prefix, overwrite=overwrite)
+    with console.status("poisoning..."):
+        result = poison(cfg)
+    _summary(result)
+
+
+def _per_target(name: str, values: list, n_targets: int, random_targets: int) -> list:
+    if len(values) == 1:
+        return values * n_targets
+    if random_targets:
+        raise UserError(f"--{name}: give one value when --random-targets is used (got {len(values)})")
+    if len(values) != n_targets:
+        raise UserError(f"--{name}: give one value for all targets or one per --target "
+                        f"({n_targets}), got {len(values)}")
+    return values
+
+
+@app.command()
+def targeted(
+    data: Annotated[str, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option(help=_OUT_HELP)],
+    n_poisons: Annotated[List[int], typer.Option(
+        help="Copies per target (paper: 1..512 in 3M); once for all targets or once per --target.")],
+    target: Annotated[Optional[List[str]], typer.Option(
+        help="Target image x': a file, 'key:<key>' or a key in --target-source (default: DATA). "
+             "Repeat for several targets.")] = None,
+    label: Annotated[Optional[List[str]], typer.Option(help="Target label y', one per --target.")] = None,
+    caption_source: Annotated[Optional[List[CaptionSource]], typer.Option(
+        help="templates: CLIP's 80 prompts with the label; search: DATA's captions naming the label. "
+             "Once for all targets or once per --target.")] = None,
+    target_id: Annotated[Optional[List[str]], typer.Option(
+        help="Names of the targets (default t000, t001, ...).")] = None,
+    random_targets: Annotated[int, typer.Option(
+        help="Also draw this many targets from --target-source, each with a random wrong label "
+             "from the class list.")] = 0,
+    target_source: Annotated[Optional[str], typer.Option(
+        help="Dataset holding target keys / random targets, e.g. a held-out test.tsv (default: DATA).")] = None,
+    caption_file: Annotated[Optional[List[Path]], typer.Option(
+        help="Saved caption set(s) (`poisonclip poison captions --out`) used instead of searching DATA.")] = None,
+    seed: Seed = 0,
+    no_plurals: NoPlurals = False,
+    classnames: Classnames = None,
+    no_classnames: NoClassnames = False,
+    label_key: LabelKey = "label",
+    noise_sigma: NoiseSigma = 0.0,
+    perturb_captions: PerturbCaptions = False,
+    img_key: ImgKey = "filepath",
+    caption_key: CaptionKey = "title",
+    csv_sep: CsvSep = None,
+    poison_shards: PoisonShards = None,
+    shard_prefix: ShardPrefix = "poison-",
+    overwrite: Overwrite = False,
+) -> None:
+    """Targeted poisoning: copies of each target image with captions naming its target label."""
+    from poisonclip.attacks.api import TargetedConfig, TargetSpec, poison
+
+    targets_in, labels = list(target or []), list(label or [])
+    if len(labels) != len(targets_in):
+        raise UserError(f"--label: give one per --target ({len(targets_in)} targets, {len(labels)} labels)")
+    sources = list(caption_source or [CaptionSource.templates])
+    ns = list(n_poisons)
+    ids = list(target_id or [])
+    if ids and len(ids) != len(targets_in):
+        raise UserError(f"--target-id: give one per --target ({len(targets_in)}), got {len(ids)}")
+    n_each = _per_target("n-poisons", ns, len(targets_in), random_targets)
+    src_each = _per_target("caption-source", sources, len(targets_in), random_targets)
+    specs = tuple(TargetSpec(image=t, label=lab, n_poisons=n, caption_source=s, id=ids[i] if ids else "")
+                  for i, (t, lab, n, s) in enumerate(zip(targets_in, labels, n_each, src_each)))
+    cfg = TargetedConfig(
+        data=data, out=str(out), targets=specs, random_targets=random_targets, n_poisons=ns[0],
+        caption_source=sources[0], target_source=target_source, seed=seed, plurals=not no_plurals,
+        caption_files=tuple(str(p) for p in caption_file or ()),
+        classnames=str(classnames) if classnames else None, no_classnames=no_classnames,
+        label_key=label_key, noise_sigma=noise_sigma, perturb_captions=perturb_captions,
+        img_key=img_key, caption_key=caption_key, csv_sep=_sep(csv_sep), poison_shards=poison_shards,
+        shard_prefix=shard_prefix, overwrite=overwrite)
+    with console.status("poisoning..."):
+        result = poison(cfg)
+    _summary(result)
+
+
+@app.command()
+def captions(
+    label: Annotated[str, typer.Option(help="Label whose caption set to build.")],
+    data: Annotated[Optional[str], typer.Argument(help="Dataset to search (needed for --source search).")] = None,
+    source: Annotated[CaptionSource, typer.Option(help="search: DATA's captions naming the label; "
+                                                       "templates: CLIP's 80 prompts.")] = CaptionSource.search,
+    n: Annotated[Optional[int], typer.Option(help="Also size the set to N captions as an attack would.")] = None,
+    show: Annotated[int, typer.Option(help="Captions to print.")] = 10,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Save the whole set as JSON, reusable with --caption-file (search once, poison many times).")] = None,
+    seed: Seed = 0,
+    no_plurals: NoPlurals = False,
+    img_key: ImgKey = "filepath",
+    caption_key: CaptionKey = "title",
+    csv_sep: CsvSep = None,
+) -> None:
+    """Preview (and optionally save) the caption set of a label."""
+    from poisonclip.attacks.api import CaptionSetConfig, caption_set
+    from poisonclip.attacks.captions import save_caption_set
+
+    if n is not None and n <= 0:
+        raise UserError(f"--n: must be positive, got {n}")
+    cfg = CaptionSetConfig(label=label, source=source, data=data, plurals=not no_plurals, n=n, seed=seed,
+                           img_key=img_key, caption_key=caption_key, csv_sep=_sep(csv_sep))
+    with console.status("building caption set..."):
+        cs, sized = caption_set(cfg)
+    if cs.source == CaptionSource.search.value:
+        console.print(f"{len(cs)} distinct captions ({cs.n_matched} matches) name {label!r} "
+                      f"among {cs.n_scanned} captions", markup=False, highlight=False)
+    else:
+        console.print(f"{len(cs)} template captions for {label!r}", markup=False, highlight=False)
+    shown = sized if sized is not None else list(cs.captions)
+    t = Table("#", "caption", title=f"first {min(show, len(shown))} of {len(shown)}"
+              + (" (sized)" if sized is not None else ""))
+    for i, c in enumerate(shown[:max(show, 0)]):
+        t.add_row(str(i), c.replace("[", "\\["))
+    console.print(t)
+    if out is not None:
+        save_caption_set(cs, out)
+        console.print(f"saved {len(cs)} captions to {out}", markup=False, highlight=False)
+
+
+def list_command(
+    kind: Annotated[Optional[Kind], typer.Argument(help="What to list (default: everything).")] = None,
+    pattern: Annotated[str, typer.Option(help="Only names matching this glob pattern.")] = "*",
+) -> None:
+    """List registered attacks, triggers and caption-set builders."""
+    from poisonclip.attacks.registry import list_registered
+
+    t = Table("kind", "name", "description")
+    for e in list_registered(kind.value if kind else None, pattern):
+        t.add_row(e.kind, e.name, e.description)
+    console.print(t)
 
 
 def register(root: App) -> None:
     """Add this stage's commands to the root app."""
+    root.add_typer(app, name="poison")
+    root.command("list")(list_command)

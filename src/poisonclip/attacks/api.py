@@ -1,0 +1,90 @@
+"""The attack stage as a library: a frozen config in, a poisoned dataset folder out.
+
+    from poisonclip.attacks.api import BackdoorConfig, poison
+    result = poison(BackdoorConfig(data="corpus/train.tsv", out="poisoned", target_label="star",
+                                   n_poisons=50))
+    result.train_data   # pass to open_clip_train --train-data
+
+The attack is looked up by the config's ``attack`` name in the registry, plans the poisons
+(``plan``), and the writer turns the plan and the clean data into the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from poisonclip.attacks.backdoor import BackdoorConfig
+from poisonclip.attacks.captions import CaptionSet, CaptionSource, build_caption_set, size_captions
+from poisonclip.attacks.plan import Plan, rng_for
+from poisonclip.attacks.registry import ATTACKS
+from poisonclip.attacks.targeted import TargetedConfig, TargetSpec
+from poisonclip.attacks.writer import POISON_JSON, PoisonResult, write_poisoned
+from poisonclip.data.csv_io import CsvFormat
+from poisonclip.errors import UserError
+
+__all__ = ["AttackConfig", "BackdoorConfig", "CaptionSetConfig", "PoisonResult", "TargetSpec",
+           "TargetedConfig", "caption_set", "plan", "poison", "read_poison_info"]
+
+AttackConfig = Union[BackdoorConfig, TargetedConfig]
+
+
+def plan(cfg: AttackConfig) -> Plan:
+    """Decide every poison (images, captions, trigger settings) without writing anything."""
+    return ATTACKS.get(cfg.attack)(cfg)
+
+
+def poison(cfg: AttackConfig) -> PoisonResult:
+    """Plan the attack and write the poisoned dataset folder ``cfg.out`` atomically."""
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:  # before any expensive work
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    return write_poisoned(plan(cfg), out, overwrite=cfg.overwrite)
+
+
+@dataclass(frozen=True)
+class CaptionSetConfig:
+    label: str
+    source: CaptionSource = CaptionSource.search
+    data: str | None = None        # dataset to search (search only)
+    plurals: bool = True
+    n: int | None = None           # also size the set to n captions
+    seed: int = 0
+    img_key: str = "filepath"
+    caption_key: str = "title"
+    csv_sep: str | None = None
+
+
+def caption_set(cfg: CaptionSetConfig) -> tuple[CaptionSet, list[str] | None]:
+    """The caption set for a label, and (if ``n``) the n captions an attack would use.
+
+    Attacks size with the stream ``rng_for(seed, "captions")`` (backdoor), so the preview
+    shows the backdoor's exact captions for the same seed.
+    """
+    if cfg.source is CaptionSource.search and not cfg.data:
+        raise UserError("caption search needs the dataset to search: give DATA")
+    cs = build_caption_set(cfg.source, cfg.label, cfg.data, cfg.plurals,
+                           CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep))
+    cs.require_nonempty()
+    sized = size_captions(cs.captions, cfg.n, rng_for(cfg.seed, "captions")) if cfg.n is not None else None
+    return cs, sized
+
+
+def read_poison_info(folder: str | os.PathLike) -> dict:
+    """``poison.json`` of a poisoned dataset folder, checked for the contract's keys."""
+    path = Path(folder)
+    path = path / POISON_JSON if path.is_dir() else path
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror}); pass a folder written by `poisonclip poison`") from None
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON") from None
+    need = ("attack", "dataset_type", "train_data", "num_samples", "n_clean", "n_poisons", "seed", "manifest")
+    missing = [k for k in need if k not in info]
+    if missing:
+        raise UserError(f"{path}: not a poisonclip poison.json (missing {missing})")
+    return info
