@@ -17,6 +17,12 @@ from typing import Any, Iterator
 
 from poisonclip.errors import UserError
 
+# mkstemp creates files readable by the owner only; outputs should get the permissions an
+# ordinary open() would give them (shared datasets on a cluster are read by other users).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -39,6 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,193 @@
+"""Sweep specifications: one YAML file that says which trials to run.
+
+A spec has a base config per stage and a grid over any of their fields::
+
+    name: fig4-placement
+    corpus: {n_train: 2000, n_test: 300}        # the synthetic corpus (or path: DIR)
+    poison: {attack: backdoor, patch_size: 16}
+    train:  {model: poisonclip-tiny-rn, epochs: 4}
+    eval:   {}
+    grid:                                       # a mapping, or a list of mappings (union)
+      poison.n_poisons: [5, 10, 20]
+      poison.placement: [corner, random]
+      seed: [0, 1, 2]
+
+``seed`` is the replicate axis: it is written into every field named in ``seed_fields``
+(default: the poisoning seed and the training seed), so each seed is an independent draw of
+poisons and of model initialisation and data order, as the paper's "8 models per point".
+
+Parsing is strict (unknown top-level keys, unknown stage sections and non-list grid values are
+``UserError``s naming the field) because a typo in a sweep costs hours of compute before anyone
+notices. Field names inside stage sections are checked by the stage adapter when trials are
+expanded, where the stages' own dataclasses know them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from poisonclip.errors import UserError
+
+STAGES = ("corpus", "poison", "train", "eval")
+SEED_AXIS = "seed"
+DEFAULT_SEED_FIELDS = ("poison.seed", "train.seed")
+TOP_LEVEL = {"name", "description", "stages", "seed_fields", "baseline", "grid", "cluster",
+             "report", *STAGES}
+SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed spec. ``base`` maps each stage to its config mapping; ``grids`` is a tuple of
+    grids (each an ordered tuple of (axis, values)); their union is the set of trials."""
+
+    name: str
+    base: Mapping[str, Mapping[str, Any]]
+    grids: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
+    description: str = ""
+    stages: str = "poisonclip"
+    seed_fields: tuple[str, ...] = DEFAULT_SEED_FIELDS
+    baseline: bool = True
+    cluster: Mapping[str, Any] = field(default_factory=dict)
+    report: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Every grid axis, in first-seen order (the table's parameter columns)."""
+        seen: dict[str, None] = {}
+        for grid in self.grids:
+            for axis, _ in grid:
+                seen.setdefault(axis, None)
+        return tuple(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (what ``parse_spec`` reads back to an equal spec)."""
+        grids = [{axis: list(values) for axis, values in grid} for grid in self.grids]
+        out: dict[str, Any] = {"name": self.name, "description": self.description,
+                               "stages": self.stages, "seed_fields": list(self.seed_fields),
+                               "baseline": self.baseline, "cluster": dict(self.cluster),
+                               "report": dict(self.report),
+                               "grid": grids[0] if len(grids) == 1 else grids}
+        for stage in STAGES:
+            out[stage] = copy.deepcopy(dict(self.base.get(stage, {})))
+        return out
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read a sweep spec from YAML (``yaml.safe_load``: no code runs while parsing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: sweep spec not found; give a YAML file (see configs/paper/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    return parse_spec(raw, source=str(path), default_name=path.stem)
+
+
+def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep") -> SweepSpec:
+    """Validate a spec given as plain data (the YAML's content)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a sweep spec must be a mapping with stage sections and a grid")
+    unknown = sorted(set(map(str, raw)) - TOP_LEVEL)
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(TOP_LEVEL)}")
+    base: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        section = raw.get(stage) or {}
+        if not isinstance(section, dict):
+            raise UserError(f"{source}: {stage}: must be a mapping of config fields, got {type(section).__name__}")
+        base[stage] = copy.deepcopy(section)
+
+    seed_fields = raw.get("seed_fields", list(DEFAULT_SEED_FIELDS))
+    if not isinstance(seed_fields, list) or not all(isinstance(s, str) for s in seed_fields):
+        raise UserError(f"{source}: seed_fields: must be a list of dotted field names like 'train.seed'")
+    for f in seed_fields:
+        _check_path(f, source, "seed_fields")
+
+    grids_raw = raw.get("grid")
+    if grids_raw is None:
+        grids_raw = [{}]
+    elif isinstance(grids_raw, dict):
+        grids_raw = [grids_raw]
+    if not isinstance(grids_raw, list) or not grids_raw:
+        raise UserError(f"{source}: grid: must be a mapping (field -> list of values) or a list of such mappings")
+    grids = tuple(_parse_grid(g, source, i if len(grids_raw) > 1 else None) for i, g in enumerate(grids_raw))
+
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{source}: name: must be a non-empty string")
+    for key in ("cluster", "report"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise UserError(f"{source}: {key}: must be a mapping")
+    baseline = raw.get("baseline", True)
+    if not isinstance(baseline, bool):
+        raise UserError(f"{source}: baseline: must be true or false (train clean models with the same seeds)")
+    stages = raw.get("stages", "poisonclip")
+    if not isinstance(stages, str):
+        raise UserError(f"{source}: stages: must be 'poisonclip' or 'module:object'")
+    return SweepSpec(name=name.strip(), base=base, grids=grids,
+                     description=str(raw.get("description") or ""), stages=stages,
+                     seed_fields=tuple(seed_fields), baseline=baseline,
+                     cluster=dict(raw.get("cluster") or {}), report=dict(raw.get("report") or {}),
+                     source=source)
+
+
+def _check_path(axis: str, source: str, where: str) -> None:
+    if axis == SEED_AXIS:
+        return
+    stage, _, rest = axis.partition(".")
+    if stage not in STAGES or not rest or any(not part for part in rest.split(".")):
+        raise UserError(f"{source}: {where}: '{axis}' is not a field; use 'seed' or "
+                        f"'<stage>.<field>' with stage one of {list(STAGES)} (e.g. poison.n_poisons)")
+
+
+def _parse_grid(grid: Any, source: str, index: int | None) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    where = "grid" if index is None else f"grid[{index}]"
+    if not isinstance(grid, dict):
+        raise UserError(f"{source}: {where}: must be a mapping of field -> list of values")
+    axes = []
+    for axis, values in grid.items():
+        axis = str(axis)
+        _check_path(axis, source, where)
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{source}: {where}.{axis}: must be a non-empty list of values, e.g. [1, 2]")
+        for v in values:
+            if not isinstance(v, SCALARS):
+                raise UserError(f"{source}: {where}.{axis}: values must be scalars (numbers, strings, "
+                                f"booleans), got {json.dumps(v, default=str)}")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise UserError(f"{source}: {where}.{axis}: repeated values {values}; list each once")
+        axes.append((axis, tuple(values)))
+    return tuple(axes)
+
+
+def set_path(config: dict[str, dict[str, Any]], axis: str, value: Any) -> None:
+    """Set ``stage.field[.sub...]`` in a per-stage config mapping, creating sub-mappings."""
+    parts = axis.split(".")
+    node: dict[str, Any] = config.setdefault(parts[0], {})
+    for part in parts[1:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"grid: '{axis}' goes through '{part}', which is not a mapping in the base config")
+        node = child
+    node[parts[-1]] = value
+
+
+def get_path(config: Mapping[str, Any], axis: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in axis.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node

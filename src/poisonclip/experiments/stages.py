@@ -1,0 +1,349 @@
+"""The one place where sweeps call the pipeline's stages.
+
+A sweep knows four operations, each writing into a folder it is given::
+
+    corpus(cfg, out)                          -> info    the dataset to poison and test on
+    poison(cfg, corpus, out)                  -> info    a poisoned dataset folder (poison.json)
+    train(cfg, data, out)                     -> info    a run folder (run.json); data is a poison
+                                                         folder, or the corpus for clean baselines
+    evaluate(cfg, run, corpus, poison, out)   -> metrics flat {name: number} for the results table
+
+plus ``resolve(stage, mapping)``, which validates one stage's section of a spec against the
+stage's frozen config dataclass and returns it with every default filled in: the resolved
+config is what content keys hash, so a default changed in the code is a new artefact, and a
+misspelt field fails at expansion instead of hours into a sweep.
+
+``PoisonclipStages`` maps these onto the library's stage functions. Another implementation
+(your own trainer, or the fakes the tests use) is named in a spec as ``stages: module:object``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+from poisonclip.errors import UserError
+
+EXTERNAL_CORPUS = "external.json"
+# Fields of EvalConfig the sweep fills in itself; a spec may not set them.
+_EVAL_PATHS = {"data", "out", "run", "model", "checkpoint", "poison", "classnames", "overwrite"}
+
+
+class Stages(Protocol):
+    def resolve(self, stage: str, config: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def corpus(self, config: Mapping[str, Any], out: Path) -> Mapping[str, Any] | None: ...
+
+    def poison(self, config: Mapping[str, Any], corpus: Path, out: Path) -> Mapping[str, Any] | None: ...
+
+    def train(self, config: Mapping[str, Any], data: Path, out: Path) -> Mapping[str, Any] | None: ...
+
+    def evaluate(self, config: Mapping[str, Any], run: Path, corpus: Path, poison: Path | None,
+                 out: Path) -> Mapping[str, Any]: ...
+
+
+def load_stages(ref: str) -> Stages:
+    """``poisonclip`` (the default) or ``package.module:object`` (a class, factory or instance)."""
+    if ref in ("poisonclip", "", None):
+        return PoisonclipStages()
+    module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise UserError(f"stages: '{ref}' must be 'poisonclip' or 'package.module:object'")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"stages: cannot load '{ref}' ({e})") from None
+    return obj() if callable(obj) and not _is_stages(obj) else obj
+
+
+def _is_stages(obj: Any) -> bool:
+    return all(callable(getattr(obj, m, None)) for m in ("resolve", "corpus", "poison", "train", "evaluate")) \
+        and not isinstance(obj, type)
+
+
+def _plain(obj: Any) -> Any:
+    """A dataclass/tuple/Path tree as JSON-ready data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), (str, int)):  # Enum
+        return obj.value
+    return obj
+
+
+def _build(cls: type, where: str, config: Mapping[str, Any], **fixed: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise UserError(f"sweep spec: {where}: unknown field(s) {unknown}; known: {sorted(names - set(fixed))}")
+    try:
+        return cls(**{**dict(config), **fixed})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"sweep spec: {where}: {e}") from None
+
+
+_POISON_FIXED = {"data", "out", "overwrite"}
+_TRAIN_FIXED = {"data", "out", "overwrite", "resume"}
+
+
+def _attack_class(name: Any) -> tuple[type, str]:
+    from poisonclip.attacks.api import BackdoorConfig, TargetedConfig
+
+    classes = {"backdoor": BackdoorConfig, "targeted": TargetedConfig}
+    if name not in classes:
+        raise UserError(f"sweep spec: poison.attack: {name!r} is not one of {sorted(classes)}")
+    return classes[name], name
+
+
+def _poison_types(config: Mapping[str, Any]) -> dict[str, Any]:
+    """YAML scalars/lists -> the attack configs' field types (enums, tuples, target specs)."""
+    from poisonclip.attacks.api import TargetSpec
+    from poisonclip.attacks.captions import CaptionSource
+    from poisonclip.attacks.triggers import Placement
+
+    out = dict(config)
+    try:
+        if "placement" in out:
+            out["placement"] = Placement(out["placement"])
+        if "caption_source" in out:
+            out["caption_source"] = CaptionSource(out["caption_source"])
+        if "targets" in out:
+            out["targets"] = tuple(t if isinstance(t, TargetSpec) else
+                                   TargetSpec(**{**t, **({"caption_source": CaptionSource(t["caption_source"])}
+                                                         if "caption_source" in t else {})})
+                                   for t in out["targets"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"sweep spec: poison: {e}") from None
+    for key in ("exclude_labels", "caption_files"):
+        if key in out and isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def _n_params(checkpoint: Path | None) -> int | None:
+    """Parameters of the trained model, counted from its checkpoint's weights."""
+    if checkpoint is None:
+        return None
+    import torch
+
+    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd)
+    return int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel")))
+
+
+_EXTERNAL_FIELDS = {"path", "train", "test", "classnames"}
+
+
+@dataclass(frozen=True)
+class CorpusPaths:
+    train: str                  # training data: CSV/TSV table or WebDataset shards
+    test: str                   # labelled eval set: table with a label column, or ImageFolder
+    classnames: str | None      # class list (None: classnames.txt beside the eval table)
+
+
+def _resolve_external(config: dict[str, Any]) -> dict[str, Any]:
+    """A corpus the user already has: ``path: DIR`` laid out like `poisonclip data synth`
+    output, or ``train:`` + ``test:`` (+ ``classnames:``) anywhere. Identified by absolute
+    paths and file sizes (the data are not hashed: a sweep must not read CC3M to start)."""
+    unknown = sorted(set(config) - _EXTERNAL_FIELDS)
+    if unknown:
+        raise UserError(f"sweep spec: corpus: {unknown} do not go with an existing corpus "
+                        "(path, or train + test + classnames)")
+    if "path" in config:
+        if set(config) - {"path"}:
+            raise UserError("sweep spec: corpus: give either path or train + test, not both")
+        root = Path(config["path"]).expanduser().resolve()
+        ext = {"train": str(root / "train.tsv"), "test": str(root / "test.tsv"),
+               "classnames": str(root / "classnames.txt") if (root / "classnames.txt").is_file() else None}
+    else:
+        missing = [k for k in ("train", "test") if k not in config]
+        if missing:
+            raise UserError(f"sweep spec: corpus: {missing} missing; an existing corpus needs train and test")
+        ext = {k: (_abs(config[k]) if config.get(k) else None) for k in ("train", "test", "classnames")}
+    for key in ("train", "test", "classnames"):
+        value = ext[key]
+        if value and "::" not in value and "{" not in value and not Path(value).exists():
+            raise UserError(f"sweep spec: corpus.{key}: {value} not found")
+    sizes = {k: Path(v).stat().st_size for k, v in ext.items() if v and Path(v).is_file()}
+    return {"external": ext, "sizes": sizes}
+
+
+def _abs(value: Any) -> str:
+    text = str(value)
+    if "::" in text or "{" in text:   # shard lists / brace patterns are passed through
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
+def corpus_paths(folder: Path) -> CorpusPaths:
+    """Where the corpus behind a cache entry lives: the entry itself (synthetic) or the
+    user's files it points to."""
+    ext = folder / EXTERNAL_CORPUS
+    if ext.is_file():
+        d = json.loads(ext.read_text(encoding="utf-8"))
+        return CorpusPaths(d["train"], d["test"], d.get("classnames"))
+    names = folder / "classnames.txt"
+    return CorpusPaths(str(folder / "train.tsv"), str(folder / "test.tsv"), str(names) if names.is_file() else None)
+
+
+class PoisonclipStages:
+    """The sweep's view of poisonclip's own stages."""
+
+    # --- resolve -------------------------------------------------------------------------
+    def resolve(self, stage: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        return getattr(self, f"_resolve_{stage}")(dict(config))
+
+    def _resolve_corpus(self, config: dict[str, Any]) -> dict[str, Any]:
+        if set(config) & _EXTERNAL_FIELDS:
+            return _resolve_external(config)
+        from poisonclip.data.synthetic import SynthConfig
+
+        return _plain(_build(SynthConfig, "corpus", config))
+
+    def _resolve_poison(self, config: dict[str, Any]) -> dict[str, Any]:
+        cls, attack = _attack_class(config.pop("attack", "backdoor"))
+        fixed = sorted(set(config) & _POISON_FIXED)
+        if fixed:
+            raise UserError(f"sweep spec: poison: {fixed} are set by the sweep for each trial; remove them")
+        cfg = _build(cls, "poison", _poison_types(config), data="-", out="-")
+        return {"attack": attack, **{k: v for k, v in _plain(cfg).items() if k not in _POISON_FIXED}}
+
+    def _resolve_train(self, config: dict[str, Any]) -> dict[str, Any]:
+        from poisonclip.train.presets import DEFAULT_PRESET
+        from poisonclip.train.run import TrainConfig
+
+        fixed = sorted(set(config) & _TRAIN_FIXED)
+        if fixed:
+            raise UserError(f"sweep spec: train: {fixed} are set by the sweep for each trial; remove them")
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise UserError(f"sweep spec: train: unknown field(s) {unknown}; known: {sorted(names - _TRAIN_FIXED)}")
+        preset = config.pop("preset", DEFAULT_PRESET)
+        if "extra_args" in config:
+            config["extra_args"] = tuple(config["extra_args"])
+        try:
+            cfg = TrainConfig.from_preset(preset, data="-", out="-", **config)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"sweep spec: train: {e}") from None
+        return {k: v for k, v in _plain(cfg).items() if k not in _TRAIN_FIXED}
+
+    def _resolve_eval(self, config: dict[str, Any]) -> dict[str, Any]:
+        from poisonclip.evaluate.api import EvalConfig
+
+        fixed = sorted(set(config) & _EVAL_PATHS)
+        if fixed:
+            raise UserError(f"sweep spec: eval: {fixed} are set by the sweep for each trial; remove them")
+        cfg = _build(EvalConfig, "eval", config, data=Path("."), out=Path("."))
+        return {k: v for k, v in _plain(cfg).items() if k not in _EVAL_PATHS}
+
+    # --- run -----------------------------------------------------------------------------
+    def corpus(self, config: Mapping[str, Any], out: Path) -> dict[str, Any]:
+        if "external" in config:
+            out.mkdir(parents=True)
+            (out / EXTERNAL_CORPUS).write_text(json.dumps(config["external"]), encoding="utf-8")
+            return dict(config["external"])
+        from poisonclip.data.corpus import write_corpus
+        from poisonclip.data.synthetic import SynthConfig
+
+        cfg = SynthConfig(**config)
+        write_corpus(cfg, out, formats=("csv",))
+        return {"n_train": cfg.n_train, "n_test": cfg.n_test}
+
+    def poison(self, config: Mapping[str, Any], corpus: Path, out: Path) -> dict[str, Any]:
+        from poisonclip.attacks.api import poison
+
+        config = dict(config)
+        cls, _ = _attack_class(config.pop("attack"))
+        paths = corpus_paths(corpus)
+        if paths.classnames and not config.get("classnames") and not config.get("no_classnames"):
+            config["classnames"] = paths.classnames
+        cfg = cls(data=paths.train, out=str(out), **_poison_types(config))
+        res = poison(cfg)
+        total = res.n_clean + res.n_poisons
+        return {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
+                "poison_ratio": res.n_poisons / total if total else None}
+
+    def train(self, config: Mapping[str, Any], data: Path, out: Path) -> dict[str, Any]:
+        from poisonclip.train.run import TrainConfig, train
+
+        config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
+        source = str(data) if (data / "poison.json").is_file() else corpus_paths(data).train
+        res = train(TrainConfig(data=str(source), out=str(out), **config))
+        return {"n_params": _n_params(res.checkpoint), "wall_time_s": round(res.wall_time_s, 3),
+                "samples_per_s": round(res.samples_per_s, 3),
+                "final_loss": res.loss_curve[-1] if res.loss_curve else None}
+
+    def evaluate(self, config: Mapping[str, Any], run: Path, corpus: Path, poison: Path | None,
+                 out: Path) -> dict[str, Any]:
+        from poisonclip.evaluate.api import EvalConfig, evaluate
+
+        paths = corpus_paths(corpus)
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
+        cfg = EvalConfig(data=Path(paths.test), out=out, run=run, poison=poison,
+                         classnames=Path(paths.classnames) if paths.classnames else None, **kwargs)
+        return flat_metrics(evaluate(cfg))
+
+
+def _rate(prefix: str, node: Any, out: dict[str, Any]) -> None:
+    if isinstance(node, Mapping) and "k" in node and "n" in node:
+        out[prefix] = node.get("rate")
+        out[f"{prefix}_k"] = node["k"]
+        out[f"{prefix}_n"] = node["n"]
+
+
+def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluator's metrics.json -> the sweep table's columns (names in docs/experiments.md).
+
+    Test placements: ``as_trained`` (the trigger placed as in the poisons), ``random``, and
+    ``corner`` (the paper's consistent placement: the as-trained measurement when training
+    used the corner, or the evaluator's own corner measurement where it makes one).
+    """
+    out: dict[str, Any] = {}
+    for head in ("zeroshot", "probe"):
+        _rate(f"top1_{head}", m.get("clean", {}).get(head, {}).get("top1"), out)
+    sim = m.get("similarity", {}).get("clean", {})
+    if sim:
+        out["sim_clean_mean"], out["sim_clean_std"] = sim.get("mean"), sim.get("std")
+    bd = m.get("backdoor")
+    if bd:
+        names = [("train_placement", "as_trained"), ("random", "random"), ("corner", "corner")]
+        if bd.get("train_placement") == "corner":
+            names.append(("train_placement", "corner"))
+        for key, place in names:
+            for head in ("zeroshot", "probe"):
+                _rate(f"asr_{place}_{head}", bd.get("asr", {}).get(key, {}).get(head), out)
+            z = bd.get("zscore", {}).get(key)
+            if z:
+                out[f"z_{place}"] = z.get("z")
+                out[f"sim_triggered_{place}_mean"] = z.get("mean_triggered")
+        for head in ("zeroshot", "probe"):
+            _rate(f"target_rate_clean_images_{head}", bd.get("target_rate_without_trigger", {}).get(head), out)
+    tg = m.get("targeted")
+    if tg:
+        for head, s in tg.get("summary", {}).items():
+            _rate(f"targeted_success_{head}", s.get("success"), out)
+            out[f"targeted_rank_{head}"] = s.get("mean_rank")
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def read_similarities(eval_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The evaluator's histogram arrays (``similarities.npz``) for Figure 3, if written."""
+    import numpy as np
+
+    path = Path(eval_dir) / "similarities.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,121 @@
+"""The sweep runner on stand-in stages: sharing, resume, failures, the process pool, the store."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from poisonclip.errors import UserError
+from poisonclip.experiments.runner import LocalRunner, PoolRunner, ensure_artefact, run_sweep
+from poisonclip.experiments.spec import parse_spec
+from poisonclip.experiments.store import ResultsStore, State, SweepDir, trial_state
+from tests.sweep_fakes import FakeStages, calls
+
+FAKE = "tests.sweep_fakes:FakeStages"
+
+
+def spec(**over):
+    raw = {"name": "t", "stages": FAKE, "grid": {"poison.n_poisons": [5, 20], "seed": [0, 1]}}
+    raw.update(over)
+    return parse_spec(raw)
+
+
+def test_each_artefact_is_built_once_and_every_trial_recorded(tmp_path):
+    res = run_sweep(spec(), tmp_path / "s", LocalRunner(FakeStages()))
+    assert [o.state for o in res.outcomes] == ["done"] * 4
+    built = Counter(kind for kind, *_ in calls(tmp_path / "s"))
+    # 1 corpus; 4 poisoned sets; 4 poisoned + 2 clean models (one per seed); 8 evaluations
+    assert built == {"corpus": 1, "poison": 4, "train-start": 6, "train": 6, "eval": 8}
+    df = ResultsStore(res.sweep.db).frame()
+    assert sorted(df["trial"]) == sorted(t.name for t in res.trials)
+    assert {"poison.n_poisons", "seed", "poisoned.z_as_trained", "clean.top1_zeroshot",
+            "model.n_params", "clean_model.n_params", "data.n_poisons"} <= set(df.columns)
+    row = df[df["trial"] == "n_poisons=20__seed=1"].iloc[0]
+    record = json.loads((res.sweep.trial("n_poisons=20__seed=1") / "metrics.json").read_text())
+    assert row["poisoned.z_as_trained"] == pytest.approx(record["metrics"]["poisoned"]["z_as_trained"])
+    assert row["model.n_params"] == 1_000_000
+
+
+def test_rerun_skips_finished_trials_and_adding_a_seed_runs_only_the_new_ones(tmp_path):
+    run_sweep(spec(), tmp_path / "s", LocalRunner(FakeStages()))
+    n = len(calls(tmp_path / "s"))
+    again = run_sweep(spec(), tmp_path / "s", LocalRunner(FakeStages()))
+    assert again.already_done == 4 and again.outcomes == [] and len(calls(tmp_path / "s")) == n
+    more = run_sweep(spec(grid={"poison.n_poisons": [5, 20], "seed": [0, 1, 2]}), tmp_path / "s",
+                     LocalRunner(FakeStages()))
+    assert more.already_done == 4 and [o.state for o in more.outcomes] == ["done", "done"]
+    new = Counter(kind for kind, *_ in calls(tmp_path / "s")[n:])
+    assert new == {"poison": 2, "train-start": 3, "train": 3, "eval": 4}   # corpus reused
+    assert len(ResultsStore(more.sweep.db).frame()) == 6
+
+
+def test_a_failing_trial_is_recorded_with_its_error_and_retried_on_rerun(tmp_path):
+    s = spec(grid={"train.fail": [False, True]})
+    res = run_sweep(s, tmp_path / "s", LocalRunner(FakeStages()))
+    states = {o.name: o.state for o in res.outcomes}
+    assert states == {"fail=false": "done", "fail=true": "failed"}
+    sweep = res.sweep
+    err = json.loads((sweep.trial("fail=true") / "error.json").read_text())
+    assert err["type"] == "RuntimeError" and "diverged" in err["message"]
+    assert trial_state(sweep, res.trials[1]) is State.failed
+    failed = [r for r in ResultsStore(sweep.db).rows() if r["status"] == "failed"]
+    assert [r["name"] for r in failed] == ["fail=true"]
+    again = run_sweep(s, tmp_path / "s", LocalRunner(FakeStages()), retry_failed=False)
+    assert again.outcomes == []
+    again = run_sweep(s, tmp_path / "s", LocalRunner(FakeStages()))
+    assert [o.state for o in again.outcomes] == ["failed"]
+
+
+def test_changed_config_under_an_existing_name_is_refused_unless_asked(tmp_path):
+    run_sweep(spec(grid={"seed": [0]}), tmp_path / "s", LocalRunner(FakeStages()))
+    changed = spec(grid={"seed": [0]}, train={"epochs": 3})
+    with pytest.raises(UserError, match="different configuration"):
+        run_sweep(changed, tmp_path / "s", LocalRunner(FakeStages()))
+    res = run_sweep(changed, tmp_path / "s", LocalRunner(FakeStages()), rerun_changed=True)
+    assert [o.state for o in res.outcomes] == ["done"]
+
+
+def test_interrupted_artefact_build_is_discarded_and_rebuilt(tmp_path):
+    sweep = SweepDir(tmp_path)
+    builds = []
+
+    def crash(out):
+        out.mkdir(parents=True)
+        (out / "half").write_text("x")
+        raise KeyboardInterrupt
+
+    def build(out):
+        builds.append(out)
+        out.mkdir(parents=True)
+        (out / "whole").write_text("y")
+        return {"n": 1}
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure_artefact(sweep, "model", "k1", crash, {})
+    folder, info = ensure_artefact(sweep, "model", "k1", build, {"config": {"a": 1}})
+    assert (folder / "whole").exists() and info["info"] == {"n": 1} and info["config"] == {"a": 1}
+    assert [p.name for p in (tmp_path / "cache" / "model").glob("k1-*")] == [folder.name]  # old attempt gone
+    again, _ = ensure_artefact(sweep, "model", "k1", build, {})
+    assert again == folder and len(builds) == 1
+
+
+def test_pool_runner_gives_the_same_results_without_building_anything_twice(tmp_path):
+    local = run_sweep(spec(), tmp_path / "local", LocalRunner(FakeStages()))
+    pooled = run_sweep(spec(), tmp_path / "pool", PoolRunner(workers=2))
+    assert sorted(o.state for o in pooled.outcomes) == ["done"] * 4
+    assert Counter(k for k, *_ in calls(tmp_path / "pool")) == Counter(k for k, *_ in calls(tmp_path / "local"))
+    cols = ["trial", "poisoned.z_as_trained", "clean.top1_zeroshot"]
+    a = ResultsStore(local.sweep.db).frame()[cols].sort_values("trial").reset_index(drop=True)
+    b = ResultsStore(pooled.sweep.db).frame()[cols].sort_values("trial").reset_index(drop=True)
+    assert a.equals(b)
+
+
+def test_store_sync_restores_a_row_lost_after_metrics_json(tmp_path):
+    res = run_sweep(spec(grid={"seed": [0, 1]}), tmp_path / "s", LocalRunner(FakeStages()))
+    store = ResultsStore(res.sweep.db)
+    store._write("DELETE FROM trials WHERE name = ?", [("seed=1",)])
+    assert len(store.frame()) == 1
+    store.sync(res.sweep, res.trials)
+    assert sorted(store.frame()["trial"]) == ["seed=0", "seed=1"]

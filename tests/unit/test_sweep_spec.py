@@ -1,0 +1,108 @@
+"""Sweep specs: strict parsing, grid expansion, stable trial names, shared-artefact keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from poisonclip.errors import UserError
+from poisonclip.experiments.spec import load_spec, parse_spec
+from poisonclip.experiments.trials import expand, format_value
+from tests.sweep_fakes import FakeStages
+
+FAKE = "tests.sweep_fakes:FakeStages"
+
+
+def spec(**over):
+    raw = {"name": "t", "stages": FAKE, "poison": {"attack": "backdoor"},
+           "grid": {"poison.n_poisons": [5, 20], "seed": [0, 1]}}
+    raw.update(over)
+    return parse_spec(raw)
+
+
+def test_grid_expands_to_the_product_with_seed_written_into_every_seed_field():
+    trials = expand(spec(), FakeStages().resolve)
+    assert [t.name for t in trials] == ["n_poisons=5__seed=0", "n_poisons=5__seed=1",
+                                        "n_poisons=20__seed=0", "n_poisons=20__seed=1"]
+    t = trials[3]
+    assert t.config["poison"]["n_poisons"] == 20
+    assert t.config["poison"]["seed"] == 1 and t.config["train"]["seed"] == 1
+    assert t.config["corpus"]["seed"] == 0          # the corpus is not a replicate
+    assert dict(t.params) == {"poison.n_poisons": 20, "seed": 1}
+
+
+def test_keys_share_corpus_per_config_clean_model_per_seed_and_poison_across_training():
+    trials = expand(spec(grid={"poison.n_poisons": [5, 20], "seed": [0, 1], "train.epochs": [1, 2]}),
+                    FakeStages().resolve)
+    by = {(t.params["poison.n_poisons"], t.params["seed"], t.params["train.epochs"]): t for t in trials}
+    assert len({t.keys.corpus for t in trials}) == 1
+    # clean baseline: one per (seed, training settings), whatever the poison count
+    assert by[5, 0, 1].keys.clean_model == by[20, 0, 1].keys.clean_model
+    assert by[5, 0, 1].keys.clean_model != by[5, 1, 1].keys.clean_model
+    assert by[5, 0, 1].keys.clean_model != by[5, 0, 2].keys.clean_model
+    # poisoned dataset: shared by trials that differ only in training settings
+    assert by[5, 0, 1].keys.poison == by[5, 0, 2].keys.poison
+    assert by[5, 0, 1].keys.model != by[5, 0, 2].keys.model
+    assert len({t.keys.model for t in trials}) == len(trials)
+
+
+def test_trials_differing_only_in_eval_share_the_trained_model():
+    trials = expand(spec(grid={"eval.templates": ["simple", "openai"]}), FakeStages().resolve)
+    assert trials[0].keys.model == trials[1].keys.model
+    assert trials[0].config_hash != trials[1].config_hash
+
+
+def test_names_are_stable_when_an_axis_gains_a_value():
+    before = {t.name: t.config_hash for t in expand(spec(), FakeStages().resolve)}
+    after = {t.name: t.config_hash for t in expand(
+        spec(grid={"poison.n_poisons": [5, 20, 80], "seed": [0, 1]}), FakeStages().resolve)}
+    assert before.items() <= after.items() and len(after) == 6
+
+
+def test_list_of_grids_is_a_union_with_every_axis_as_a_column():
+    s = spec(grid=[{"poison.n_poisons": [5, 20]}, {"train.model": ["small", "big"]}])
+    trials = expand(s, FakeStages().resolve)
+    assert [t.name for t in trials] == ["n_poisons=5", "n_poisons=20", "model=small", "model=big"]
+    assert trials[0].params == {"poison.n_poisons": 5, "train.model": "tiny"}
+    assert trials[3].params == {"poison.n_poisons": 10, "train.model": "big"}
+
+
+def test_ambiguous_short_names_use_the_full_path_and_values_are_filesystem_safe():
+    s = spec(grid={"poison.seed": [1], "train.seed": [2], "train.model": ["a/b c"]})
+    (t,) = expand(s, FakeStages().resolve)
+    assert t.name == "poison.seed=1__train.seed=2__model=a-b-c"
+    assert format_value(0.5) == "0.5" and format_value(True) == "true" and format_value(None) == "null"
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"grid": {"poison.n_poisons": 5}}, "non-empty list"),
+    ({"grid": {"n_poisons": [5]}}, "is not a field"),
+    ({"grid": {"poison.n_poisons": [5, 5]}}, "repeated values"),
+    ({"grid": {"poison.n_poisons": [[1, 2]]}}, "scalars"),
+    ({"trian": {}}, "unknown key"),
+    ({"train": [1]}, "must be a mapping"),
+    ({"baseline": "yes"}, "true or false"),
+    ({"seed_fields": "train.seed"}, "list of dotted"),
+])
+def test_bad_specs_are_user_errors_naming_the_field(over, message):
+    with pytest.raises(UserError, match=message):
+        spec(**over)
+
+
+def test_unknown_stage_field_fails_at_expansion():
+    with pytest.raises(UserError, match="unknown field"):
+        expand(spec(grid={"train.epochz": [1]}), FakeStages().resolve)
+
+
+def test_load_spec_reports_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_spec(bad)
+    good = tmp_path / "my-sweep.yaml"
+    good.write_text(f"stages: {FAKE}\ngrid:\n  seed: [0, 1]\n")
+    s = load_spec(good)
+    assert s.name == "my-sweep" and s.axes == ("seed",)
+    assert parse_spec(s.to_dict()) == parse_spec(s.to_dict())
+    assert parse_spec(s.to_dict(), source=s.source, default_name="x").grids == s.grids

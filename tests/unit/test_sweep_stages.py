@@ -1,0 +1,107 @@
+"""The adapter onto poisonclip's stages: config resolution and the metrics it tabulates."""
+
+from __future__ import annotations
+
+import pytest
+
+from poisonclip.errors import UserError
+from poisonclip.experiments.spec import load_spec
+from poisonclip.experiments.stages import PoisonclipStages, corpus_paths, flat_metrics
+from poisonclip.experiments.trials import expand
+
+S = PoisonclipStages()
+
+
+def test_resolve_fills_defaults_from_the_stage_dataclasses():
+    train = S.resolve("train", {"model": "poisonclip-test", "epochs": 1})
+    assert train["model"] == "poisonclip-test" and train["epochs"] == 1
+    assert train["preset"] == "cpu-tiny" and train["lr"] > 0 and "data" not in train
+    poison = S.resolve("poison", {"target_label": "circle", "n_poisons": 5, "placement": "random"})
+    assert poison["attack"] == "backdoor" and poison["placement"] == "random" and poison["patch_size"] == 16
+    corpus = S.resolve("corpus", {"n_train": 10})
+    assert corpus["n_train"] == 10 and corpus["resolution"] == 32
+    assert "templates" in S.resolve("eval", {})
+
+
+@pytest.mark.parametrize("stage, cfg, message", [
+    ("train", {"epochz": 1}, "unknown field"),
+    ("train", {"out": "x"}, "set by the sweep"),
+    ("train", {"preset": "nope"}, "unknown preset"),
+    ("poison", {"attack": "nope"}, "not one of"),
+    ("poison", {"target_label": "c", "n_poisons": 1, "placement": "middle"}, "poison"),
+    ("poison", {"data": "x"}, "set by the sweep"),
+    ("eval", {"poison": "x"}, "set by the sweep"),
+    ("corpus", {"n_train": 10, "colour": 1}, "unknown field"),
+    ("corpus", {"train": "x.tsv"}, "missing"),
+])
+def test_resolve_rejects_bad_fields(stage, cfg, message):
+    with pytest.raises(UserError, match=message):
+        S.resolve(stage, cfg)
+
+
+def test_existing_corpus_by_path_or_files(tmp_path):
+    for name in ("train.tsv", "test.tsv", "classnames.txt"):
+        (tmp_path / name).write_text("x\n")
+    r = S.resolve("corpus", {"path": str(tmp_path)})
+    assert r["external"] == {"train": str(tmp_path / "train.tsv"), "test": str(tmp_path / "test.tsv"),
+                             "classnames": str(tmp_path / "classnames.txt")}
+    out = tmp_path / "entry"
+    S.corpus(r, out)
+    assert corpus_paths(out).test == str(tmp_path / "test.tsv")
+    with pytest.raises(UserError, match="not found"):
+        S.resolve("corpus", {"train": str(tmp_path / "nope.tsv"), "test": str(tmp_path / "test.tsv")})
+
+
+def test_every_shipped_spec_expands(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    specs = [root / "sweep-ci.yaml", *sorted((root / "paper").glob("*.yaml"))]
+    assert len(specs) >= 6
+    for path in specs:
+        trials = expand(load_spec(path), S.resolve)
+        assert trials, path
+
+
+def test_flat_metrics_names_placements_by_where_the_patch_goes():
+    rate = lambda k, n: {"k": k, "n": n, "rate": k / n, "ci95": [0, 1]}  # noqa: E731
+    m = {"clean": {"zeroshot": {"top1": rate(8, 10)}},
+         "similarity": {"clean": {"mean": 0.1, "std": 0.2}},
+         "backdoor": {"train_placement": "corner",
+                      "asr": {"train_placement": {"zeroshot": rate(9, 9)}, "random": {"zeroshot": rate(3, 9)}},
+                      "zscore": {"train_placement": {"z": 4.0, "mean_triggered": 0.9},
+                                 "random": {"z": 1.0, "mean_triggered": 0.3}},
+                      "target_rate_without_trigger": {"zeroshot": rate(0, 9)}}}
+    f = flat_metrics(m)
+    assert f["top1_zeroshot"] == 0.8 and f["top1_zeroshot_k"] == 8 and f["top1_zeroshot_n"] == 10
+    assert f["asr_as_trained_zeroshot"] == 1.0 and f["asr_corner_zeroshot"] == 1.0
+    assert f["asr_random_zeroshot"] == pytest.approx(1 / 3)
+    assert f["z_as_trained"] == f["z_corner"] == 4.0 and f["z_random"] == 1.0
+    m["backdoor"]["train_placement"] = "random"
+    f = flat_metrics(m)
+    assert "z_corner" not in f and f["z_as_trained"] == 4.0
+
+
+def test_paper_scale_cluster_specs_are_valid_but_for_their_data_paths(tmp_path):
+    """The cluster presets are not run anywhere; check every field but the /data paths."""
+    from pathlib import Path
+
+    from poisonclip.experiments.cluster import SubmititRunner
+    from poisonclip.experiments.spec import STAGES, SEED_AXIS
+
+    pytest.importorskip("submitit")
+    specs = sorted((Path(__file__).resolve().parents[2] / "configs" / "paper" / "cluster").glob("*.yaml"))
+    assert len(specs) == 5
+    for path in specs:
+        spec = load_spec(path)
+        with pytest.raises(UserError, match="corpus.test: /data/imagenet/val.csv not found"):
+            S.resolve("corpus", spec.base["corpus"])
+        for stage in STAGES[1:]:
+            cfg = dict(spec.base[stage])
+            for axis, values in spec.grids[0]:
+                if axis.startswith(stage + "."):
+                    cfg[axis.split(".", 1)[1]] = values[0]
+                if axis == SEED_AXIS and f"{stage}.seed" in spec.seed_fields:
+                    cfg["seed"] = values[0]
+            S.resolve(stage, cfg)
+        SubmititRunner(cluster="local", parameters=spec.cluster).executor(tmp_path / path.stem)
