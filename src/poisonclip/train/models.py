@@ -2,14 +2,32 @@
 
 Architectures are data, as in open_clip: each file is an open_clip model config, registered
 with ``open_clip.add_model_config`` so open_clip's own factory and trainer build them by name.
+The paper's own setting (ResNet-50 image tower + CLIP's Transformer) is open_clip's built-in
+``RN50``, used by name.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from poisonclip.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+PAPER_MODEL = "RN50"
+
+# What each shipped model is for (JSON cannot carry comments). Names not listed here fall
+# back to a description from their prefix.
+ROLES: dict[str, str] = {
+    "poisonclip-test": "tests only",
+    "poisonclip-small": "size ablation (paper 5.1.2)",
+    "poisonclip-medium": "size ablation (paper 5.1.2)",
+    "poisonclip-large": "size ablation (paper 5.1.2)",
+    PAPER_MODEL: "the paper's model (4.1)",
+}
 
 
 @lru_cache(maxsize=None)
@@ -19,3 +37,127 @@ def register_models() -> tuple[str, ...]:
 
     open_clip.add_model_config(CONFIG_DIR)
     return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+
+
+def shipped_models() -> tuple[str, ...]:
+    """Our configs plus the paper's RN50: the models ``poisonclip models`` lists."""
+    return (*register_models(), PAPER_MODEL)
+
+
+def role(name: str) -> str:
+    if name in ROLES:
+        return ROLES[name]
+    if name.startswith("poisonclip-tiny"):
+        return "demo (CPU)"
+    return "open_clip built-in" if name not in register_models() else ""
+
+
+def _builtin_config_dir() -> Path:
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise UserError("open_clip is not installed; pip install open_clip_torch")
+    return Path(spec.origin).parent / "model_configs"
+
+
+@lru_cache(maxsize=None)
+def known_models() -> tuple[str, ...]:
+    """Every model name open_clip's trainer will accept here: its built-ins and ours.
+
+    Read from the config files themselves, as open_clip does (a file counts when it has
+    embed_dim, vision_cfg and text_cfg), so checking a name does not cost the parent
+    process open_clip's import (several seconds of CPU on a small machine).
+    """
+    names = set()
+    for folder in (_builtin_config_dir(), CONFIG_DIR):
+        for f in folder.glob("*.json"):
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+                names.add(f.stem)
+    return tuple(sorted(names))
+
+
+def check_model(name: str) -> str:
+    """Return ``name`` if open_clip can build it from a local config, else a UserError.
+
+    Only local configs are accepted (``local-dir:`` or a registered name): nothing in
+    poisonclip may download at run time.
+    """
+    if name in known_models():
+        return name
+    if name.startswith("local-dir:"):
+        if (Path(name[len("local-dir:"):]) / "open_clip_config.json").is_file():
+            return name
+        raise UserError(f"--model {name}: no open_clip_config.json in that folder")
+    n_builtin = len(set(known_models()) - {p.stem for p in CONFIG_DIR.glob("*.json")})
+    ours = [*sorted(p.stem for p in CONFIG_DIR.glob("*.json")), PAPER_MODEL]
+    raise UserError(f"--model {name}: unknown model; known: {', '.join(ours)} "
+                    f"(or any of open_clip's {n_builtin} built-in names; "
+                    "`poisonclip models --all` lists them)")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    params: int
+    vision_params: int
+    text_params: int
+    token_embedding_params: int
+    image_size: int
+    embed_dim: int
+    vision: str  # "ResNet" | "ViT" | "timm"
+    role: str
+
+
+@lru_cache(maxsize=None)
+def model_info(name: str) -> ModelInfo:
+    """Parameter counts of a registered model, from a model built on the meta device.
+
+    The meta device allocates no memory and runs no initialisation, so counting RN50 takes a
+    fraction of a second instead of building 100M real parameters.
+    """
+    import torch
+    from open_clip.factory import get_model_config
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    check_model(name)
+    register_models()
+    cfg = get_model_config(name)
+    if cfg is None:
+        raise UserError(f"--model {name}: no config found")
+    vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    custom = cfg.pop("custom_text", False) or "hf_model_name" in text_cfg
+    if "multimodal_cfg" in cfg:
+        raise UserError(f"--model {name}: CoCa models are not CLIP models; pick a CLIP config")
+    with torch.device("meta"):
+        model = (CustomTextCLIP if custom else CLIP)(**cfg)
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.visual.parameters())
+    emb = getattr(model, "token_embedding", None)
+    size = vision_cfg.get("image_size", 224)
+    if "timm_model_name" in vision_cfg:
+        kind = "timm"
+    elif isinstance(vision_cfg.get("layers"), (list, tuple)):
+        kind = "ResNet"
+    else:
+        kind = "ViT"
+    return ModelInfo(
+        name=name, params=total, vision_params=vision,
+        text_params=total - vision - _logit_params(model),
+        token_embedding_params=emb.weight.numel() if emb is not None else 0,
+        image_size=size if isinstance(size, int) else int(size[0]),
+        embed_dim=int(cfg["embed_dim"]), vision=kind, role=role(name))
+
+
+def _logit_params(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters(recurse=False) if n.startswith("logit_"))
+
+
+def list_models(names: tuple[str, ...] | None = None) -> list[ModelInfo]:
+    """ModelInfo for each name (default: the shipped models, smallest first, RN50 last)."""
+    if names is not None:
+        return [model_info(n) for n in names]
+    ours = sorted((model_info(n) for n in register_models()), key=lambda m: (m.params, m.name))
+    return [*ours, model_info(PAPER_MODEL)]
