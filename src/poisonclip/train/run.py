@@ -70,6 +70,7 @@ class TrainConfig:
     workers: int = CPU_TINY.workers
     gpus: int | None = CPU_TINY.gpus  # None: 1 if CUDA is visible else CPU; 0: CPU
     log_every_n_steps: int = CPU_TINY.log_every_n_steps
+    crop_scale: float | None = CPU_TINY.crop_scale
     seed: int = 0
     threads: int | None = None  # CPU threads per process (OMP_NUM_THREADS); None: torch's default
     cpu_procs: int = 1  # CPU processes per node (gloo); for testing the distributed path
@@ -171,6 +172,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.wd < 0:
         raise UserError(f"--lr must be positive and --wd not negative (got {cfg.lr}, {cfg.wd})")
+    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
+        raise UserError(f"crop_scale must be in (0, 1], got {cfg.crop_scale}")
     if cfg.gpus is not None and cfg.gpus < 0:
         raise UserError(f"--gpus must not be negative, got {cfg.gpus}")
     if cfg.precision not in PRECISIONS:
@@ -233,6 +236,8 @@ def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Placement, run_dir:
                         ("--momentum", cfg.momentum), ("--grad-clip-norm", cfg.grad_clip_norm)):
         if value is not None:
             argv += [flag, repr(float(value))]
+    if cfg.crop_scale is not None:
+        argv += ["--aug-cfg", f"scale=({float(cfg.crop_scale)!r}, 1.0)"]
     if not cfg.keep_checkpoints:
         argv.append("--delete-previous-checkpoint")
     if cfg.resume:
