@@ -52,13 +52,13 @@ class DemoConfig:
     def quick(cls, out: Path = Path("runs/demo-quick"), **overrides: Any) -> "DemoConfig":
         """The whole pipeline in a few minutes on 2 cores, with an effect big enough to test.
 
-        800 pairs and 8 epochs are too few steps for any tiny model to learn the shapes, so
-        the backdoor gets 30% poisons and the tiny ViT, whose patch tokens pick up a fixed
-        corner pattern fastest (bench/tune_demo.py: ASR 100% vs 8% for the clean model, z
-        0.44 vs 0.04). It tests that the attack is wired end to end, not the paper's ratios.
+        1500 pairs for 10 epochs is too short for the paper's 1% to take, so the backdoor gets
+        30% poisons (bench/tune_demo.py, same model and schedule: ASR 96% with the patch in
+        the corner vs 25% at a random place and 10% on the clean model; z 0.92). It tests that
+        the attack is wired end to end, not the paper's ratios.
         """
-        base = dict(out=out, corpus=SynthConfig(n_train=800, n_test=300), model="poisonclip-tiny-vit",
-                    epochs=8, backdoor_poisons=340, targets=2, copies_per_target=3)
+        base = dict(out=out, corpus=SynthConfig(n_train=1500, n_test=300), epochs=10,
+                    backdoor_poisons=643, targets=2, copies_per_target=3)
         base.update(overrides)
         return cls(**base)
 
