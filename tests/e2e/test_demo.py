@@ -28,14 +28,21 @@ def test_quick_demo_backdoors_the_poisoned_model_and_not_the_clean_one(tmp_path)
     def asr(m):
         return m["backdoor"]["asr"]["train_placement"]["zeroshot"]["rate"]
 
+    def floor(m):  # the same non-target images sent to the target label without the trigger
+        return m["backdoor"]["target_rate_without_trigger"]["zeroshot"]["rate"]
+
     def z(m):
         return m["backdoor"]["zscore"]["train_placement"]["z"]
 
     clean, poisoned = metrics["clean/eval-backdoor"], metrics["backdoor/eval-backdoor"]
-    # The attack, measured: the patch sends non-target images to the target label far more
-    # often in the backdoored model than in the clean model trained with the same seed.
-    assert asr(poisoned) > asr(clean) + 0.2, (asr(poisoned), asr(clean))
-    assert z(poisoned) > z(clean)
+    # The attack, measured against the clean model trained with the same seed: in the
+    # backdoored model the patch raises the rate at which non-target images are classified
+    # as the target (ASR above its own no-trigger floor), and pulls patched images together
+    # (z-score), more than in the clean model. Training on CSV data is deterministic, so
+    # this is not a coin flip; the margins are those of a tiny model trained for a minute.
+    assert asr(poisoned) - floor(poisoned) > asr(clean) - floor(clean), (asr(poisoned), floor(poisoned),
+                                                                          asr(clean), floor(clean))
+    assert z(poisoned) > z(clean) + 0.1, (z(poisoned), z(clean))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"][0]["metric"] == "clean zero-shot top-1"
 
