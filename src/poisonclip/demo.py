@@ -53,9 +53,12 @@ class DemoConfig:
         """The whole pipeline in a few minutes on 2 cores, with an effect big enough to test.
 
         1500 pairs for 10 epochs is too short for the paper's 1% to take, so the backdoor gets
-        30% poisons (bench/tune_demo.py, same model and schedule: ASR 96% with the patch in
-        the corner vs 25% at a random place and 10% on the clean model; z 0.92). It tests that
-        the attack is wired end to end, not the paper's ratios.
+        30% poisons. Measured through this pipeline: the backdoored model's z-score 0.20 vs
+        0.02 for the clean model, and the patch lifts non-target images to the target label
+        by +6 points over its no-trigger rate vs -1.5 for the clean model (the in-process
+        harness bench/tune_demo.py saw ASR 96% with the same settings; open_clip_train runs
+        do not reproduce that yet). It tests that the attack is wired end to end, not the
+        paper's ratios.
         """
         base = dict(out=out, corpus=SynthConfig(n_train=1500, n_test=300), epochs=10,
                     backdoor_poisons=643, targets=2, copies_per_target=3)
