@@ -25,7 +25,7 @@ N_TRAIN, BATCH, EPOCHS = 192, 64, 2
 STEPS_PER_EPOCH = N_TRAIN // BATCH
 # One thread per trainer: on shared CI cores two threads can stall each other (see docs).
 HYPER = dict(model="poisonclip-test", epochs=EPOCHS, batch_size=BATCH, lr=2e-3, warmup=1, seed=3, gpus=0,
-             threads=1)
+             threads=1, log_every_n_steps=1)  # every step's loss, to compare curves step by step
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def reference(corpus, tmp_path_factory) -> Path:
     r = CliRunner().invoke(app, ["train", str(corpus), "--out", str(out), "--model", HYPER["model"],
                                  "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(HYPER["lr"]),
                                  "--warmup", "1", "--seed", str(HYPER["seed"]), "--gpus", "0",
-                                 "--threads", "1"])
+                                 "--threads", "1", "--", "--log-every-n-steps", "1"])
     assert r.exit_code == 0, r.output
     return out
 
