@@ -354,6 +354,22 @@ def _completed(run_dir: Path, epochs: int) -> float | None:
         return None
 
 
+def _die_with_parent() -> None:
+    """In the trainer's process, before exec: SIGTERM it when its parent dies.
+
+    The trainer runs in its own session (so we can stop its whole process group), which
+    also means a ``kill -9`` of the caller (a sweep, the demo) would leave it training as an
+    orphan. Linux's PR_SET_PDEATHSIG ends it instead; elsewhere it stays an orphan.
+    """
+    import ctypes
+    import signal as _signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _terminate(proc: subprocess.Popen) -> None:
     """Stop the trainer and everything it started (torchrun ranks, loader workers)."""
     if proc.poll() is not None:
@@ -472,7 +488,8 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
         env["OMP_NUM_THREADS"] = str(cfg.threads)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=data.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1, start_new_session=True)
+                            text=True, errors="replace", bufsize=1, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     tail: deque[str] = deque(maxlen=40)
     parser = LogParser(cfg.batch_size)
     console = open(run_dir / CONSOLE_FILE, "a", encoding="utf-8") if primary else None
