@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -155,6 +156,32 @@ def scan_groups(path: Path, report: SkipReport, exts: frozenset[str] | None = No
     A corrupt or truncated shard ends its scan and counts one ``truncated_tar`` skip, the
     same rule as ``wds_io.read_shards``.
     """
+    with _mapped_shard(path, report) as mm:
+        if mm is None:
+            return
+        key, base_key, group = None, "", {}
+        try:
+            for name, data_off, size in _members(mm):
+                d, _, base = name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                k = f"{d}/{stem}" if d else stem
+                if k != key:
+                    if key is not None:
+                        yield base_key, group
+                    key, base_key, group = k, stem, {}
+                ext = ext.lower()
+                read = (exts is None or ext in exts) and (only_key is None or stem == only_key)
+                group[ext] = mm[data_off:data_off + size] if read else None
+        except (_CorruptTar, ValueError, UnicodeDecodeError, IndexError):
+            report.skip("truncated_tar")
+            return
+        if key is not None:
+            yield base_key, group
+
+
+@contextmanager
+def _mapped_shard(path: Path, report: SkipReport) -> Iterator[mmap.mmap | None]:
+    """The shard memory-mapped for the header scan; None (one ``truncated_tar``) if empty."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -162,26 +189,10 @@ def scan_groups(path: Path, report: SkipReport, exts: frozenset[str] | None = No
     with f:
         if os.fstat(f.fileno()).st_size == 0:
             report.skip("truncated_tar")
+            yield None
             return
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            key, base_key, group = None, "", {}
-            try:
-                for name, data_off, size in _members(mm):
-                    d, _, base = name.rpartition("/")
-                    stem, _, ext = base.partition(".")
-                    k = f"{d}/{stem}" if d else stem
-                    if k != key:
-                        if key is not None:
-                            yield base_key, group
-                        key, base_key, group = k, stem, {}
-                    ext = ext.lower()
-                    read = (exts is None or ext in exts) and (only_key is None or stem == only_key)
-                    group[ext] = mm[data_off:data_off + size] if read else None
-            except (_CorruptTar, ValueError, UnicodeDecodeError, IndexError):
-                report.skip("truncated_tar")
-                return
-            if key is not None:
-                yield base_key, group
+            yield mm
 
 
 def _image_ext(files: dict) -> str | None:
@@ -254,33 +265,27 @@ def _shard_captions(path: Path, report: SkipReport) -> list[bytes]:
     searching millions of WebDataset captions take seconds.
     """
     out: list[bytes] = []
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read shard ({e.strerror})") from None
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            report.skip("truncated_tar")
+    with _mapped_shard(path, report) as mm:
+        if mm is None:
             return out
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            # one entry per sample: [txt or None, has image]; keys only mark sample boundaries
-            samples: list[list] = []
-            key, cur = None, None
-            images = _IMAGE_EXT_SET
-            try:
-                for name, data_off, size in _members(mm):
-                    stem, _, ext = name.partition(".") if "/" not in name else _split_path(name)
-                    if stem != key:
-                        key, cur = stem, [None, False]
-                        samples.append(cur)
-                    if ext == "txt" or ext == "TXT":
-                        cur[0] = mm[data_off:data_off + size]
-                    elif ext.lower() in images:
-                        cur[1] = True
-            except (_CorruptTar, ValueError, UnicodeDecodeError, IndexError):
-                report.skip("truncated_tar")
-                if samples:
-                    samples.pop()  # the sample being assembled is lost
+        # one entry per sample: [txt or None, has image]; keys only mark sample boundaries
+        samples: list[list] = []
+        key, cur = None, None
+        images = _IMAGE_EXT_SET
+        try:
+            for name, data_off, size in _members(mm):
+                stem, _, ext = name.partition(".") if "/" not in name else _split_path(name)
+                if stem != key:
+                    key, cur = stem, [None, False]
+                    samples.append(cur)
+                if ext == "txt" or ext == "TXT":
+                    cur[0] = mm[data_off:data_off + size]
+                elif ext.lower() in images:
+                    cur[1] = True
+        except (_CorruptTar, ValueError, UnicodeDecodeError, IndexError):
+            report.skip("truncated_tar")
+            if samples:
+                samples.pop()  # the sample being assembled is lost
     for txt, has_img in samples:
         if not has_img:
             report.skip("missing_image")
