@@ -119,3 +119,20 @@ def test_store_sync_restores_a_row_lost_after_metrics_json(tmp_path):
     assert len(store.frame()) == 1
     store.sync(res.sweep, res.trials)
     assert sorted(store.frame()["trial"]) == ["seed=0", "seed=1"]
+
+
+def test_sweeps_given_one_cache_build_each_shared_artefact_once(tmp_path):
+    cache = tmp_path / "shared"
+    run_sweep(spec(), tmp_path / "a", LocalRunner(FakeStages()), cache=cache)
+    other = spec(name="u", grid={"poison.n_poisons": [20, 50], "seed": [0, 1]})
+    res = run_sweep(other, tmp_path / "b", LocalRunner(FakeStages()), cache=cache)
+    assert [o.state for o in res.outcomes] == ["done"] * 4
+    built = Counter(kind for kind, *_ in calls(tmp_path / "a") + calls(tmp_path / "b"))
+    # sweep a: 1 corpus, 4 poisoned sets, 6 models; sweep b adds only n_poisons=50 (2 + 2)
+    assert (built["corpus"], built["poison"], built["train"], built["eval"]) == (1, 6, 8, 16)
+    assert (tmp_path / "b" / "cache").resolve() == cache.resolve()
+    with pytest.raises(UserError, match="already points to"):
+        run_sweep(spec(), tmp_path / "a", LocalRunner(FakeStages()), cache=tmp_path / "elsewhere")
+    run_sweep(spec(), tmp_path / "c", LocalRunner(FakeStages()))
+    with pytest.raises(UserError, match="its own cache"):
+        run_sweep(spec(), tmp_path / "c", LocalRunner(FakeStages()), cache=cache)

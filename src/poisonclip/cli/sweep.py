@@ -42,6 +42,10 @@ def run(
     rerun_changed: Annotated[bool, typer.Option(help="Redo finished trials whose configuration changed "
                                                      "(otherwise that is an error).")] = False,
     report: Annotated[bool, typer.Option(help="Write the HTML report when the sweep ends.")] = True,
+    cache: Annotated[Optional[Path], typer.Option(help="Shared folder of corpora, poisoned datasets and "
+                                                       "trained models, reused by every sweep given the same "
+                                                       "--cache (e.g. the Fig. 2 and Fig. 4 presets share "
+                                                       "their corner models).")] = None,
 ) -> None:
     """Run every trial of SPEC not finished yet; safe to interrupt and rerun."""
     from poisonclip.experiments.progress import SweepProgress
@@ -62,12 +66,12 @@ def run(
         parallel = int(sweep_spec.cluster.get("slurm_array_parallelism", 8))
     else:
         the_runner, parallel = LocalRunner(), 1
-    sweep, trials = prepare(sweep_spec, out, rerun_changed=rerun_changed)
+    sweep, trials = prepare(sweep_spec, out, rerun_changed=rerun_changed, cache=cache)
     done = sum(trial_state(sweep, t) is State.done for t in trials)
     console.print(f"sweep [bold]{sweep_spec.name}[/]: {len(trials)} trials, {done} already done -> {sweep.root}")
     with SweepProgress(len(trials), done, parallel, console=console) as progress:
         result = run_sweep(sweep_spec, out, the_runner, progress, retry_failed=retry_failed,
-                           rerun_changed=rerun_changed)
+                           rerun_changed=rerun_changed, cache=cache)
     failed = result.count("failed")
     console.print(f"{result.count('done')} trials run, {result.already_done} were done, "
                   f"{result.count('busy')} running elsewhere, {failed} failed")

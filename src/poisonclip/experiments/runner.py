@@ -34,7 +34,7 @@ from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
 from poisonclip.experiments.stages import Stages, load_stages
-from poisonclip.experiments.store import (ERROR_FILE, LOCK_FILE, METRICS_FILE,
+from poisonclip.experiments.store import (CACHE_DIR, ERROR_FILE, LOCK_FILE, METRICS_FILE,
                                           SPEC_FILE, START_FILE, ResultsStore, State, SweepDir,
                                           read_json, trial_state)
 from poisonclip.experiments.trials import Trial, expand
@@ -278,9 +278,14 @@ class SweepResult:
 
 
 def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = None,
-            rerun_changed: bool = False) -> tuple[SweepDir, list[Trial]]:
+            rerun_changed: bool = False, cache: str | os.PathLike | None = None) -> tuple[SweepDir, list[Trial]]:
     """Expand the spec, write ``spec.yaml`` and ``trials.json``, and refuse to mix results of
-    a changed config into an existing folder unless asked to rerun them."""
+    a changed config into an existing folder unless asked to rerun them.
+
+    ``cache``: a folder of shared artefacts (corpora, poisoned datasets, trained models) used
+    by several sweeps, e.g. the paper's Fig. 2 and Fig. 4 presets, whose corner-placement models
+    are the same; it becomes the sweep's ``cache`` as a symbolic link, so workers and cluster
+    jobs that only know the sweep folder find it too."""
     stages = stages or load_stages(spec.stages)
     trials = expand(spec, stages.resolve)
     sweep = SweepDir(Path(out).resolve())
@@ -293,16 +298,37 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
         raise UserError(f"{sweep.root}: {len(changed)} finished trial(s) ran with a different configuration "
                         f"(e.g. {changed[0]}); use a new --out, or pass --rerun-changed to redo them")
     sweep.root.mkdir(parents=True, exist_ok=True)
+    if cache is not None:
+        link_cache(sweep, Path(cache))
     atomic_write_text(sweep.root / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
     sweep.save_trials(trials)
     return sweep, trials
 
 
+def link_cache(sweep: SweepDir, cache: Path) -> None:
+    """Point ``sweep``'s cache at a shared folder; refuse to replace a cache it already has."""
+    target = cache.resolve()
+    link = sweep.root / CACHE_DIR
+    if link.is_symlink():
+        if link.resolve() == target:
+            return
+        raise UserError(f"{sweep.root}: its cache already points to {link.resolve()}, not {target}; "
+                        "use that --cache or a new --out")
+    if link.exists():
+        raise UserError(f"{sweep.root}: already has its own cache folder; --cache only works for a new "
+                        "sweep folder (use a new --out)")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--cache {cache}: exists and is not a folder")
+    target.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+
+
 def run_sweep(spec: SweepSpec, out: str | os.PathLike, runner: Runner | None = None,
               on_event: EventSink = no_events, stages: Stages | None = None,
-              retry_failed: bool = True, rerun_changed: bool = False) -> SweepResult:
+              retry_failed: bool = True, rerun_changed: bool = False,
+              cache: str | os.PathLike | None = None) -> SweepResult:
     """Run every trial of ``spec`` that is not done yet; returns what happened to each."""
-    sweep, trials = prepare(spec, out, stages, rerun_changed)
+    sweep, trials = prepare(spec, out, stages, rerun_changed, cache)
     runner = runner or LocalRunner(stages)
     todo, done = [], 0
     for t in trials:
