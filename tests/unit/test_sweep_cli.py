@@ -60,3 +60,8 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     assert r.exit_code == 2 and "not a folder" in r.output
     r = runner.invoke(app, ["sweep", "run", str(bad), "--workers", "0", "--runner", "pool"])
     assert r.exit_code == 2
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "file")])
+    assert r.exit_code == 2 and "is not a folder" in r.output
