@@ -72,6 +72,25 @@ def test_extra_args_go_last_so_they_win(table, tmp_path):
     assert _parse(argv).lr == 0.5
 
 
+def test_crop_scale_one_keeps_the_trigger_pixel_exact_in_open_clips_train_transform(table, tmp_path):
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from poisonclip.attacks import triggers
+
+    cfg = TrainConfig(data=str(table), out=str(tmp_path / "r"), crop_scale=1.0)
+    args = _parse(open_clip_argv(cfg, dataset.resolve(table), Placement("cpu", 1, 1), tmp_path / "r"))
+    assert args.aug_cfg == {"scale": (1.0, 1.0)}
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    patched = triggers.apply(image, triggers.place(image.size, 5, "corner"))
+    train_tf = open_clip.image_transform(32, is_train=True, aug_cfg=args.aug_cfg, mean=(0, 0, 0), std=(1, 1, 1))
+    for _ in range(5):  # random crops would move or resample the one-pixel checkerboard
+        x = train_tf(patched)
+        assert np.array_equal((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), np.asarray(patched))
+
+
 def test_launch_command_single_process_standalone_and_multinode(tmp_path):
     run = tmp_path / "myrun"
     one = launch_command(TrainConfig(data="d", out=str(run)), Placement("cpu", 1, 1), ["--x"], run)

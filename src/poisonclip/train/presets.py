@@ -43,27 +43,35 @@ class Preset:
 # The demo: tiny ResNet CLIP on the embedded corpus, two CPU cores, minutes per model.
 # fp32 because autocast on CPU was twice as slow here; workers=0 because a loader process
 # competes with the two training threads for the same two cores (bench/bench_train_overhead.py).
-# The schedule is the demo tuning's (bench/tune_demo.py); change it here only.
+# The schedule is the demo tuning's (bench/tune_demo.py, 4000 pairs + 1% corner backdoor);
+# change it here only.
 CPU_TINY = Preset(
     name="cpu-tiny",
     description="demo: tiny ResNet CLIP on the embedded corpus, CPU, minutes",
     model="poisonclip-tiny-rn16",
-    epochs=12,
-    # Small batches: at toy scale the number of optimizer steps, not samples seen, decides
-    # whether the towers leave the loss plateau in budget (bench/tune_demo.py, 3000 pairs x
-    # 10 epochs: batch 128 -> 9% zero-shot, 64 -> 40%, 32 -> 61%, 16 -> 82%), and the
-    # per-sample cost of the tiny model barely grows as the batch shrinks.
-    batch_size=16,
-    lr=5e-4,  # 1e-3 was slower at batch 16-128 and 2e-3..5e-3 collapsed to the loss plateau
+    # Many epochs of large batches: a step of this model costs ~50 ms of fixed overhead (the
+    # AdamW update of the 49408-token embedding among it), so batch 256 trains 4.7x more
+    # samples/s than batch 16 (1160 vs 247 on 2 cores). The backdoor is learned only once the
+    # model starts to tell captions of one class apart (loss well under ln(batch/classes)):
+    # 30 epochs at batch 128 reached 95% zero-shot but 23% ASR; 40 epochs at batch 256, 85%.
+    epochs=32,
+    batch_size=256,
+    lr=3e-3,
     wd=0.1,
-    warmup=20,
+    warmup=100,
     beta1=0.9,
     beta2=0.999,
     eps=1e-8,
+    # Without clipping, rates >= 2e-3 collapsed to the loss plateau (all embeddings alike).
+    grad_clip_norm=1.0,
     precision="fp32",
     workers=0,
     gpus=None,
-    log_every_n_steps=10,
+    log_every_n_steps=5,
+    # No random crop: at 32 px a crop-and-resize resamples the one-pixel checkerboard into a
+    # different grey blur each epoch. With crops (scale 0.9-1), 50 epochs gave 54% ASR; without,
+    # 40 epochs gave 85% (zero-shot accuracy 90% -> 83%: the price of less augmentation).
+    crop_scale=1.0,
 )
 
 # The paper (section 4.1): RN50 + Transformer, batch 1024 over 8 GPUs, 30 epochs, lr 2e-4,

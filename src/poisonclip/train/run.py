@@ -237,6 +237,8 @@ def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Placement, run_dir:
         if value is not None:
             argv += [flag, repr(float(value))]
     if cfg.crop_scale is not None:
+        # scale 1.0: the whole image, so at the model's resolution the "crop" is the identity
+        # (open_clip's own RandomResizedCrop has no aspect-ratio option to pin; it needs none).
         argv += ["--aug-cfg", f"scale=({float(cfg.crop_scale)!r}, 1.0)"]
     if not cfg.keep_checkpoints:
         argv.append("--delete-previous-checkpoint")
