@@ -37,6 +37,8 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     wd: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps.")] = None,
+    crop_scale: Annotated[Optional[float], typer.Option(help="Lower bound of the random crop's area (1.0: no "
+                                                            "crop, the cpu-tiny default; open_clip's: 0.9).")] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="open_clip precision (fp32 on CPU).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loader workers per process.")] = None,
     seed: Annotated[int, typer.Option(help="Seed; same seed and data give the same loss curve on CPU.")] = 0,
@@ -72,7 +74,7 @@ def train_cmd(
 
     cfg = TrainConfig.from_preset(
         preset.value, data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size,
-        lr=lr, wd=wd, warmup=warmup, precision=precision.value if precision else None, workers=workers,
+        lr=lr, wd=wd, warmup=warmup, crop_scale=crop_scale, precision=precision.value if precision else None, workers=workers,
         seed=seed, threads=threads, gpus=gpus, nodes=nodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
         rdzv_id=rdzv_id, rdzv_backend=rdzv_backend, cpu_procs=cpu_procs, resume=resume,
         overwrite=overwrite, keep_checkpoints=keep_checkpoints, hash_data=hash_data,
