@@ -39,10 +39,11 @@ def test_quick_demo_backdoors_the_poisoned_model_and_not_the_clean_one(tmp_path)
     # backdoored model the patch raises the rate at which non-target images are classified
     # as the target (ASR above its own no-trigger floor), and pulls patched images together
     # (z-score), more than in the clean model. Training on CSV data is deterministic, so
-    # this is not a coin flip; the margins are those of a tiny model trained for a minute.
-    assert asr(poisoned) - floor(poisoned) > asr(clean) - floor(clean), (asr(poisoned), floor(poisoned),
-                                                                          asr(clean), floor(clean))
-    assert z(poisoned) > z(clean) + 0.1, (z(poisoned), z(clean))
+    # this is not a coin flip. Measured at these settings: ASR 75.6% (floor ~1%) vs 3.3% on
+    # the clean model, z 1.52 vs 0.08; the margins asserted leave room for other CPUs' floats.
+    assert asr(poisoned) - floor(poisoned) > asr(clean) - floor(clean) + 0.25, (asr(poisoned), floor(poisoned),
+                                                                                 asr(clean), floor(clean))
+    assert z(poisoned) > z(clean) + 0.5, (z(poisoned), z(clean))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"][0]["metric"] == "clean zero-shot top-1"
 
