@@ -65,3 +65,4 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "file")])
     assert r.exit_code == 2 and "is not a folder" in r.output
+    assert not (tmp_path / "c").exists()

@@ -297,9 +297,9 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
     if changed and not rerun_changed:
         raise UserError(f"{sweep.root}: {len(changed)} finished trial(s) ran with a different configuration "
                         f"(e.g. {changed[0]}); use a new --out, or pass --rerun-changed to redo them")
-    sweep.root.mkdir(parents=True, exist_ok=True)
     if cache is not None:
-        link_cache(sweep, Path(cache))
+        link_cache(sweep, Path(cache))   # checks first, so a refused --cache creates nothing
+    sweep.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep.root / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
     sweep.save_trials(trials)
     return sweep, trials
@@ -319,6 +319,7 @@ def link_cache(sweep: SweepDir, cache: Path) -> None:
                         "sweep folder (use a new --out)")
     if target.exists() and not target.is_dir():
         raise UserError(f"--cache {cache}: exists and is not a folder")
+    sweep.root.mkdir(parents=True, exist_ok=True)
     target.mkdir(parents=True, exist_ok=True)
     link.symlink_to(target, target_is_directory=True)
 
