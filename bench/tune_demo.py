@@ -253,7 +253,7 @@ def main(argv=None):
                       seed=args.seed, **json.loads(args.synth))
     corpus = generate(cfg)
     gen_s = time.perf_counter() - t
-    patch = triggers.patch_pixels(args.patch224, (cfg.resolution, cfg.resolution))
+    patch = triggers.patch_pixels(args.patch224, cfg.resolution)
     print(f"corpus: {len(corpus.train)} train / {len(corpus.test)} test at {cfg.resolution}px "
           f"in {gen_s:.1f}s; patch {args.patch224}@224 -> {patch}px", flush=True)
     rng = np.random.default_rng([args.seed, 7])

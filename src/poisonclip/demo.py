@@ -110,6 +110,7 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
     from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, poison
     from poisonclip.data.corpus import INFO_FILE, write_corpus
     from poisonclip.evaluate.api import METRICS_FILE, EvalConfig, evaluate
+    from poisonclip.train.models import input_size
     from poisonclip.train.run import RUN_FILE, TrainConfig, train
 
     t0 = time.perf_counter()
@@ -124,8 +125,10 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
         write_corpus(cfg.corpus, corpus_dir, formats=("csv",), overwrite=True)
     train_csv, test_csv = corpus_dir / "train.tsv", corpus_dir / "test.tsv"
 
+    # Poisons are written at the model's input size, so training sees the patch pixel for pixel.
     backdoor_cfg = dict(target_label=cfg.backdoor_label, n_poisons=cfg.backdoor_poisons,
-                        patch_size=cfg.patch_size, placement=cfg.placement)
+                        patch_size=cfg.patch_size, placement=cfg.placement,
+                        resolution=input_size(TrainConfig.from_preset(cfg.preset, "-", "-", model=cfg.model).model))
     backdoor_dir = out / "data" / f"backdoor-{_hash([corpus_dir.name, backdoor_cfg])}"
     targeted_cfg = dict(random_targets=cfg.targets, n_poisons=cfg.copies_per_target,
                         caption_source=cfg.caption_source)

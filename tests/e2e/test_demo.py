@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -70,3 +71,43 @@ def test_second_run_reuses_every_finished_step(tmp_path):
     assert any("reusing" in s for s in said) and not any(s.startswith("train:") and "reusing" not in s
                                                          for s in said)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("metrics.json")} == first
+
+
+@pytest.mark.parametrize("shape", ["3:2", "2:3"])
+def test_backdoor_asr_is_the_same_on_stretched_copies_of_the_test_images(quick_demo, tmp_path, shape):
+    """The trigger goes on the model-input image (after resize and centre crop), so a
+    non-square copy of each test image is attacked as its square original. Pasted on the
+    stored image instead, the corner patch of a 3:2 image is cropped away (ASR fell to the
+    no-trigger rate)."""
+    from PIL import Image
+
+    from poisonclip.data.evalset import load_labelled, write_labelled_csv
+    from poisonclip.data.sample import Sample
+
+    out, r = quick_demo
+    assert r.exit_code == 0, r.output
+    (square_metrics,) = out.glob("runs/backdoor-*/eval-backdoor/metrics.json")
+    square = json.loads(square_metrics.read_text())
+    test = load_labelled(Path(square["config"]["data"]))
+    wide = shape == "3:2"
+    stretched = []
+    for s in test.samples:
+        im = s.decode()
+        w, h = im.size
+        size = (w * 3 // 2, h) if wide else (w, h * 3 // 2)
+        stretched.append(Sample.from_pil(s.key, im.resize(size, Image.Resampling.BICUBIC), "", meta=s.meta))
+    table = write_labelled_csv(stretched, test.classnames, tmp_path / "stretched")
+    run = square_metrics.parent.parent
+    res = CliRunner().invoke(app, ["eval", "--run", str(run), "--data", str(table), "--poison",
+                                   square["poison"]["path"], "--out", str(tmp_path / "m"), "--no-probe"])
+    assert res.exit_code == 0, res.output
+    other = json.loads((tmp_path / "m" / "metrics.json").read_text())
+
+    def asr(m):
+        return m["backdoor"]["asr"]["train_placement"]["zeroshot"]["rate"]
+
+    def floor(m):
+        return m["backdoor"]["target_rate_without_trigger"]["zeroshot"]["rate"]
+
+    assert abs(asr(other) - asr(square)) < 0.08, (asr(other), asr(square))
+    assert asr(other) > floor(other) + 0.25, (asr(other), floor(other))

@@ -43,34 +43,48 @@ def _sources(tiny) -> dict:
 
 
 @pytest.mark.parametrize("placement", ["corner", "random"])
-@pytest.mark.parametrize("res", ["tiny32", "tiny64"])
-def test_patch_pixels_size_and_position(request, tmp_path, placement, res):
+@pytest.mark.parametrize("res,resolution", [("tiny32", 32), ("tiny64", 32), ("tiny64", None)])
+def test_patch_pixels_size_and_position(request, tmp_path, placement, res, resolution):
+    """Poisons are written in the geometry training sees: the source's centre square at the
+    model's input size (default 224), the patch scaled to that size, everything else the
+    source's pixels."""
     tiny = request.getfixturevalue(res)
+    extra = {} if resolution is None else {"resolution": resolution}
     result = poison(BackdoorConfig(data=str(tiny.csv), out=str(tmp_path / "o"), target_label="star",
-                                   n_poisons=8, patch_size=16, placement=placement, seed=1))
-    sources = _sources(tiny)
+                                   n_poisons=8, patch_size=16, placement=placement, seed=1, **extra))
+    side = resolution or 224
+    sources = {s.key: s for s in tiny.samples}
     written = _poisons(result)
     rows = read_manifest(result.out)
     assert len(rows) == len(written) == 8
-    # 16px at 224 scales with the shorter side: 32 -> round(2.29) = 2, 48 -> round(3.43) = 3
-    want_px = {"tiny32": 2, "tiny64": 3}[res]
+    # 16px at 224 scales with the model input: 32 -> round(2.29) = 2, 224 -> 16
+    want_px = {32: 2, 224: 16}[side]
     positions = set()
     for r in rows:
         pixels, _ = written[r.key]
-        src, _ = sources[r.source_key]
+        assert pixels.shape == (side, side, 3) and r.resolution == side
+        src = sources[r.source_key].decode()
+        w, h = src.size
+        # the centre square, resized: a 64x48 source loses 8 columns on each side
+        crop = src.crop(((w - min(w, h)) // 2, (h - min(w, h)) // 2,
+                         (w - min(w, h)) // 2 + min(w, h), (h - min(w, h)) // 2 + min(w, h)))
+        expect = np.asarray(crop.resize((side, side), Image.Resampling.BICUBIC) if crop.size != (side, side)
+                            else crop)
         assert r.trigger_size == want_px and r.patch_size == 16 and r.placement == placement
         x, y, s = r.trigger_x, r.trigger_y, r.trigger_size
         if placement == "corner":
             assert (x, y) == (0, 0)
-        assert 0 <= x <= pixels.shape[1] - s and 0 <= y <= pixels.shape[0] - s
+        assert 0 <= x <= side - s and 0 <= y <= side - s
         positions.add((x, y))
         # inside the patch: the checkerboard, white first; outside: the source, untouched
         assert np.array_equal(pixels[y:y + s, x:x + s], checkerboard(s))
         mask = np.ones(pixels.shape[:2], bool)
         mask[y:y + s, x:x + s] = False
-        assert np.array_equal(pixels[mask], src[mask])
+        assert np.array_equal(pixels[mask], expect[mask])
     if placement == "random":
         assert len(positions) > 4  # a place per image, not one place
+    info = json.loads(result.poison_json.read_text())
+    assert info["backdoor"]["resolution"] == side and info["backdoor"]["patch_pixels"] == want_px
 
 
 def test_patch_values_are_black_and_white_cells():

@@ -27,7 +27,8 @@ def tiny(tmp_path_factory):
 def _backdoor(tiny, out, fmt="csv", **kw):
     data = tiny.csv if fmt == "csv" else tiny.shards
     return poison(BackdoorConfig(data=str(data), out=str(out), target_label="star", n_poisons=kw.pop("n", 9),
-                                 placement=kw.pop("placement", "random"), **kw))
+                                 placement=kw.pop("placement", "random"), resolution=kw.pop("resolution", 32),
+                                 **kw))
 
 
 def _targeted(tiny, out, fmt="csv", **kw):

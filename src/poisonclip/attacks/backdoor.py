@@ -36,6 +36,8 @@ class BackdoorConfig:
     n_poisons: int                   # |P|
     patch_size: int = 16             # trigger side in pixels at 224x224 (paper: 16; ablation 1..32)
     placement: triggers.Placement = triggers.Placement.corner
+    resolution: int = triggers.REFERENCE_RESOLUTION  # poisons are written as their source's centre
+    #                                  square at this side: the input size of the model to be trained
     trigger: str = "checkerboard"    # registered trigger name
     seed: int = 0
     plurals: bool = True             # caption search also matches plural forms
@@ -67,6 +69,8 @@ def _check(cfg: BackdoorConfig) -> None:
         raise UserError(f"--patch-size: a {cfg.patch_size}px patch is larger than the "
                         f"{triggers.REFERENCE_RESOLUTION}x{triggers.REFERENCE_RESOLUTION} image it is "
                         "sized for; give at most 224 (paper: 16)")
+    if cfg.resolution <= 0:
+        raise UserError(f"resolution: must be positive (the model's input size in pixels), got {cfg.resolution}")
     if not cfg.target_label.strip():
         raise UserError("--label: target label is empty")
     if cfg.placement not in {p.value for p in triggers.Placement}:
@@ -120,7 +124,8 @@ def plan_backdoor(cfg: BackdoorConfig) -> Plan:
     items = tuple(
         PoisonItem(index=i, key=poison_key("backdoor", cfg.seed, i), attack="backdoor", caption=captions[i],
                    target_label=cfg.target_label, source_key=s.key, source_image=s.image,
-                   patch_size=cfg.patch_size, placement=triggers.Placement(cfg.placement).value,
+                   patch_size=cfg.patch_size, resolution=cfg.resolution,
+                   placement=triggers.Placement(cfg.placement).value,
                    trigger=cfg.trigger, noise_sigma=cfg.noise_sigma)
         for i, s in enumerate(draw.samples))
     section = {
@@ -128,6 +133,12 @@ def plan_backdoor(cfg: BackdoorConfig) -> Plan:
         "patch_size": cfg.patch_size,
         "placement": triggers.Placement(cfg.placement).value,
         "trigger": cfg.trigger,
+        # The geometry the poisons were written in: centre square at `resolution` px, the
+        # patch (patch_size at 224, scaled) in those pixels; evaluation applies it likewise
+        # after the model's resize and centre crop.
+        "resolution": cfg.resolution,
+        "geometry": "centre-square",
+        "patch_pixels": triggers.patch_pixels(cfg.patch_size, cfg.resolution),
         "caption_source": "search",
         "captions_found": len(cs.captions),
         "captions_scanned": cs.n_scanned,

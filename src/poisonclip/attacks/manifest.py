@@ -3,7 +3,9 @@
 ``manifest.csv`` (comma-separated, header row) sits in the poisoned dataset folder. Each
 row says what was injected (key, caption, image sha256), why (attack, target), from what
 (source key and source image hash) and how (trigger size and position at the image's own
-resolution, noise sigma, seed), and where it was written (``location``).
+resolution, noise sigma, seed), and where it was written (``location``). A triggered poison
+is written as its source's centre square at ``resolution`` pixels, the input size of the
+model it is meant for, and its trigger position is given in those pixels.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class ManifestRow:
     caption: str
     source_key: str             # dataset key of the source image, or the target's file name
     source_sha256: str          # sha256 of the source image bytes as read
-    trigger_size: int | None    # patch side in pixels at this image's resolution
+    trigger_size: int | None    # patch side in pixels of the written image (= the model input)
     trigger_x: int | None
     trigger_y: int | None
     patch_size: int | None      # patch side at 224px, as configured
@@ -39,10 +41,12 @@ class ManifestRow:
     seed: int
     sha256: str                 # sha256 of the image bytes written
     location: str               # "poison_images/<key>.png" or the shard name holding it
+    resolution: int | None = None  # triggered poisons: the square side the image was written at
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ManifestRow))
-_INT_COLUMNS = {"trigger_size", "trigger_x", "trigger_y", "patch_size", "seed"}
+_INT_COLUMNS = {"trigger_size", "trigger_x", "trigger_y", "patch_size", "seed", "resolution"}
+_OPTIONAL_COLUMNS = {"resolution"}  # absent from manifests written before the geometry fix
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
@@ -60,14 +64,14 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         raise UserError(f"{path}: cannot read manifest ({e.strerror})") from None
     with f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in _OPTIONAL_COLUMNS]
         if missing:
             raise UserError(f"{path}: not a poison manifest (missing columns {missing})")
         out = []
         for row in reader:
             vals: dict = {}
             for c in COLUMNS:
-                v = row[c]
+                v = row.get(c) or ""
                 if c in _INT_COLUMNS:
                     vals[c] = int(v) if v != "" else None
                 elif c == "noise_sigma":

@@ -41,6 +41,8 @@ class PoisonItem:
     source_image: bytes            # encoded bytes of the clean source (x' or a dataset image)
     target_id: str = ""
     patch_size: int | None = None  # trigger side at 224px; None: no trigger
+    resolution: int | None = None  # with a trigger: the image is written as its centre square at
+    #                                this many pixels (the training input size), patch in those pixels
     placement: str = ""
     trigger: str = ""
     noise_sigma: float = 0.0

@@ -1,6 +1,13 @@
 """Backdoor triggers as pure functions, shared by poisoning (train time) and evaluation.
 
-Train-time and test-time patches must be pixel-identical, so both sides call ``apply``.
+Train-time and test-time patches must be pixel-identical, so both sides call ``apply``, and
+both apply it in the same geometry: the model's input. A patch size is given in pixels of a
+224x224 input (the paper's convention) and scaled to the input resolution the model really
+has. At evaluation the patch goes on the image after the model's resize and centre crop;
+poisons are written already cropped to a centre square at the training resolution, so the
+training transform (a resize to that same size) leaves the patch's pixels untouched. Pasted
+on the stored photo instead, a corner patch is cropped away from a non-square image and a
+one-pixel checkerboard is averaged into grey by any downscaling.
 """
 
 from __future__ import annotations
@@ -19,16 +26,38 @@ class Placement(str, Enum):
     random = "random"   # uniformly random position per image
 
 
-def patch_pixels(size_at_224: int, image_size: tuple[int, int]) -> int:
-    """Patch side in pixels for an image of ``image_size`` (w, h).
+def patch_pixels(size_at_224: int, resolution: int) -> int:
+    """Patch side in pixels of a ``resolution`` x ``resolution`` model input.
 
-    Sizes are given at 224x224 and scale with the shorter side, so a 16px patch covers the
-    same fraction of a 32px or a 1024px image. Never below one pixel.
+    Sizes are given at 224x224 and scale with the input, so a 16px patch covers the same
+    fraction of a 32px or a 336px input. Never below one pixel.
     """
     if size_at_224 <= 0:
         raise ValueError(f"patch size must be positive, got {size_at_224}")
-    short = min(image_size)
-    return max(1, int(round(size_at_224 * short / REFERENCE_RESOLUTION)))
+    if resolution <= 0:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    return max(1, int(round(size_at_224 * resolution / REFERENCE_RESOLUTION)))
+
+
+def to_input_geometry(image: Image.Image, resolution: int) -> Image.Image:
+    """The centre square of ``image``, resized to ``resolution`` x ``resolution`` (RGB).
+
+    What a training transform sees of a poison: open_clip's RandomResizedCrop at crop scale
+    1 and its validation Resize + CenterCrop both reduce to the centre square at the model's
+    resolution, so a patch placed on this image reaches the model pixel for pixel. An image
+    already of that size is returned unchanged.
+    """
+    if resolution <= 0:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    if (w, h) != (side, side):
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return image
 
 
 @dataclass(frozen=True)

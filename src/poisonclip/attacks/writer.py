@@ -75,15 +75,19 @@ class PoisonResult:
 def render(item: PoisonItem, seed: int, attempt: int = 0) -> tuple[bytes, triggers.TriggerSpec | None]:
     """The poison image's bytes (PNG, lossless so the trigger survives) and the trigger used.
 
-    Noise first, trigger last, so the patch's pixels are exact. Randomness comes from
-    (seed, purpose, item index), so rendering order does not matter.
+    A triggered poison is first cut to the geometry training will see (centre square at
+    ``item.resolution``), so the patch is in model-input pixels. Noise next, trigger last, so
+    the patch's pixels are exact. Randomness comes from (seed, purpose, item index), so
+    rendering order does not matter.
     """
     img = decode_image(item.source_image)
+    if item.patch_size:
+        img = triggers.to_input_geometry(img, item.resolution or triggers.REFERENCE_RESOLUTION)
     if item.noise_sigma > 0:
         img = add_noise(img, item.noise_sigma, rng_for(seed, "noise", item.index, attempt))
     spec = None
     if item.patch_size:
-        px = triggers.patch_pixels(item.patch_size, img.size)
+        px = triggers.patch_pixels(item.patch_size, img.size[0])
         spec = triggers.place(img.size, px, item.placement, rng_for(seed, "placement", item.index))
         img = TRIGGERS.get(item.trigger or "checkerboard")(img, spec)
     return encode_image(img, "png"), spec
@@ -107,7 +111,8 @@ def render_all(plan: Plan) -> list[tuple[Sample, ManifestRow]]:
             caption=item.caption, source_key=item.source_key, source_sha256=sha256_bytes(item.source_image),
             trigger_size=spec.size if spec else None, trigger_x=spec.x if spec else None,
             trigger_y=spec.y if spec else None, patch_size=item.patch_size, placement=item.placement,
-            noise_sigma=float(item.noise_sigma), seed=plan.seed, sha256=digest, location="")
+            noise_sigma=float(item.noise_sigma), seed=plan.seed, sha256=digest, location="",
+            resolution=(item.resolution or triggers.REFERENCE_RESOLUTION) if spec else None)
         out.append((Sample(key=item.key, image=data, caption=item.caption, meta={}, ext="png"), row))
     return out
 

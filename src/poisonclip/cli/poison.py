@@ -79,16 +79,34 @@ ShardPrefix = Annotated[str, typer.Option(help="WebDataset: name prefix of the p
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")]
 
 
+def _resolution(resolution: int | None, model: str | None) -> int:
+    from poisonclip.attacks.triggers import REFERENCE_RESOLUTION
+
+    if model is None:
+        return REFERENCE_RESOLUTION if resolution is None else resolution
+    from poisonclip.train.models import input_size
+
+    size = input_size(model)
+    if resolution is not None and resolution != size:
+        raise UserError(f"--resolution {resolution}: model {model!r} takes {size}x{size} inputs; give one of the two")
+    return size
+
+
 @app.command()
 def backdoor(
     data: Annotated[str, typer.Argument(help=_DATA_HELP)],
     out: Annotated[Path, typer.Option(help=_OUT_HELP)],
     label: Annotated[str, typer.Option(help="Target label y' that patched images should be classified as.")],
     n_poisons: Annotated[int, typer.Option(help="Number of poisoned samples to inject (paper: 150..1500 in 3M).")],
-    patch_size: Annotated[int, typer.Option(help="Checkerboard side in pixels at 224x224, scaled to each image "
-                                                 "(paper: 16; ablation 1..32).")] = 16,
+    patch_size: Annotated[int, typer.Option(help="Checkerboard side in pixels of a 224x224 model input, scaled "
+                                                 "to the model's input size (paper: 16; ablation 1..32).")] = 16,
     placement: Annotated[Placement, typer.Option(help="corner: upper-left on every image (paper); "
                                                       "random: a random place per image.")] = Placement.corner,
+    resolution: Annotated[Optional[int], typer.Option(
+        help="Input size of the model to be trained: poisons are written as the source's centre square "
+             "at this size, so training sees the patch pixel for pixel. Default 224 (or --model's).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Model to be trained (e.g. poisonclip-tiny-rn16): sets --resolution to its input size.")] = None,
     caption_file: Annotated[Optional[Path], typer.Option(
         help="Saved search caption set (`poisonclip poison captions --out`) instead of searching DATA.")] = None,
     exclude_label: Annotated[Optional[List[str]], typer.Option(
@@ -115,7 +133,7 @@ def backdoor(
 
     cfg = BackdoorConfig(
         data=data, out=str(out), target_label=label, n_poisons=n_poisons, patch_size=patch_size,
-        placement=placement, seed=seed, plurals=not no_plurals,
+        placement=placement, resolution=_resolution(resolution, model), seed=seed, plurals=not no_plurals,
         caption_file=str(caption_file) if caption_file else None,
         classnames=str(classnames) if classnames else None, no_classnames=no_classnames,
         label_key=label_key, exclude_labels=tuple(exclude_label or ()), pool_factor=pool_factor,

@@ -3,8 +3,9 @@ poison.json) -> ``metrics.json`` and ``similarities.npz``.
 
 Every measurement of the paper for one model, each with its sample size and a Wilson
 interval, and the identities (hashes) of everything it was computed from. Triggers come
-from ``poisonclip.attacks.triggers``, applied to the decoded image at its stored resolution
-before the model's preprocessing -- the code path the training poisons took.
+from ``poisonclip.attacks.triggers`` and are applied in the model's input space: after the
+model's resize and centre crop, before normalisation, the patch scaled to the input size --
+the geometry the training poisons were written in, whatever the eval images' size or aspect.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from poisonclip.data.evalset import LabelledSet, load_labelled
 from poisonclip.data.sample import CorruptSample, SkipReport, decode_image
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
-from poisonclip.evaluate.embed import LoadedModel, embed_images, load_model, resolve_run
+from poisonclip.evaluate.embed import LoadedModel, embed_images, input_size, load_model, resolve_run
 from poisonclip.evaluate.probe import DEFAULT_CS, ProbeConfig, fit_probe, stratified_split
 from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
 from poisonclip.evaluate.zeroshot import classifier_weights, load_templates, zeroshot_scores
@@ -81,6 +82,7 @@ class BackdoorSpec:
     patch_size: int          # side in pixels at 224x224, scaled to each image
     placement: Placement     # as in training
     trigger: str = "checkerboard"   # name in poisonclip.attacks.registry.TRIGGERS, as in training
+    resolution: int | None = None   # square side the poisons were written at (None: older files)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def read_poison(folder: str | os.PathLike) -> PoisonInfo:
         if attack == "backdoor":
             b = info["backdoor"]
             backdoor = BackdoorSpec(str(b["target_label"]), int(b["patch_size"]), Placement(b["placement"]),
-                                    str(b.get("trigger") or "checkerboard"))
+                                    str(b.get("trigger") or "checkerboard"),
+                                    int(b["resolution"]) if b.get("resolution") is not None else None)
             if backdoor.patch_size <= 0:
                 raise ValueError("patch_size must be positive")
         elif attack == "targeted":
@@ -151,23 +154,22 @@ def _identity(ls: LabelledSet, path: Path, report: SkipReport) -> dict[str, Any]
     }
 
 
-def _images(ls: LabelledSet, indices: Sequence[int] | None = None,
-            trigger: Callable[[Image.Image, int], Image.Image] | None = None) -> Iterator[Image.Image]:
+def _images(ls: LabelledSet, indices: Sequence[int] | None = None) -> Iterator[Image.Image]:
     for i in (range(len(ls.samples)) if indices is None else indices):
-        im = ls.samples[i].decode()
-        yield trigger(im, i) if trigger else im
+        yield ls.samples[i].decode()
 
 
 def _trigger_fn(spec: BackdoorSpec, placement: Placement, rng: np.random.Generator,
                 positions: list[tuple[int, int, int]]) -> Callable[[Image.Image, int], Image.Image]:
-    """The training poisons' code path: registry trigger (``triggers.apply`` for the
-    checkerboard) at ``triggers.place``, on the image at its stored resolution."""
+    """The training poisons' trigger (the registry's, ``triggers.apply`` for the checkerboard)
+    at ``triggers.place``, on the model-input image: the patch side scaled from 224 to the
+    input size, positions in input pixels (random ones drawn afresh from ``rng``)."""
     from poisonclip.attacks.registry import TRIGGERS
 
     paste = TRIGGERS.get(spec.trigger)
 
     def fn(im: Image.Image, i: int) -> Image.Image:
-        size = patch_pixels(spec.patch_size, im.size)
+        size = patch_pixels(spec.patch_size, min(im.size))
         try:
             where = place(im.size, size, placement, rng)
         except ValueError as e:
@@ -328,14 +330,25 @@ def _backdoor(cfg: EvalConfig, lm: LoadedModel, ls: LabelledSet, labels: np.ndar
               target: int, weights: np.ndarray, zs_clean: np.ndarray, probe: Any, probe_idx: np.ndarray,
               clean_emb: np.ndarray, clean_pairs: M.PairStats, edges: np.ndarray,
               arrays: dict[str, np.ndarray], say: Callable[[str], None]) -> dict[str, Any]:
+    try:
+        size = input_size(lm)
+    except ValueError as e:
+        raise UserError(f"--model {lm.name}: {e}") from None
     res: dict[str, Any] = {
         "target_label": spec.target_label, "target_index": target, "patch_size_224": spec.patch_size,
         "train_placement": spec.placement.value, "trigger": spec.trigger,
+        # Where the patch goes: on the model-input image (after resize and centre crop).
+        "input_size": size, "patch_pixels": patch_pixels(spec.patch_size, size),
+        "poison_resolution": spec.resolution,
         # Non-target images the clean-image classifier already sends to the target: the floor
         # an ASR should be read against.
         "target_rate_without_trigger": {"zeroshot": M.backdoor_asr(zs_clean, labels, target).to_dict()},
         "asr": {}, "zscore": {},
     }
+    if spec.resolution is not None and spec.resolution != size:
+        res["warning"] = (f"the poisons were written at {spec.resolution}px but this model takes {size}px inputs: "
+                          "training resampled their patch, so the trigger tested here is not the one it learned")
+        say(f"warning: {res['warning']}")
     if probe is not None:
         res["target_rate_without_trigger"]["probe"] = _probe_asr(probe.scores(clean_emb[probe_idx]),
                                                                  labels[probe_idx], target)
@@ -348,7 +361,8 @@ def _backdoor(cfg: EvalConfig, lm: LoadedModel, ls: LabelledSet, labels: np.ndar
         rng = np.random.default_rng([cfg.seed, stream[name]])
         positions: list[tuple[int, int, int]] = []
         say(f"embedding triggered images ({name}: {placement.value})")
-        trig = embed_images(lm, _images(ls, trigger=_trigger_fn(spec, placement, rng, positions)), cfg.batch_size)
+        trig = embed_images(lm, _images(ls), cfg.batch_size,
+                            trigger=_trigger_fn(spec, placement, rng, positions))
         asr = {"placement": placement.value,
                "zeroshot": M.backdoor_asr(zeroshot_scores(trig, weights), labels, target).to_dict()}
         if probe is not None:

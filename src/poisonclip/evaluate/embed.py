@@ -9,6 +9,7 @@ instead of being resized or partly loaded, since the numbers would describe anot
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -134,17 +135,58 @@ def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") ->
                        sha256_file(path), device)
 
 
-def embed_images(loaded: LoadedModel, images: Iterable[Image.Image], batch_size: int = 64) -> np.ndarray:
+InputTrigger = Callable[[Image.Image, int], Image.Image]
+
+
+def split_preprocess(preprocess: Callable[[Image.Image], Any]) -> tuple[Callable[[Image.Image], Image.Image],
+                                                                       Callable[[Image.Image], Any]]:
+    """(geometry, to_tensor): the validation transform cut where the PIL image becomes a tensor.
+
+    ``geometry`` (open_clip: resize, centre crop, RGB) yields the model-input image a trigger
+    is pasted on; ``to_tensor`` (ToTensor, Normalize) the rest. Cutting open_clip's own
+    Compose keeps its interpolation and crop exactly, instead of re-implementing them.
+    """
+    from torchvision import transforms as T
+
+    steps = getattr(preprocess, "transforms", None)
+    cut = next((i for i, t in enumerate(steps or ()) if isinstance(t, (T.ToTensor, T.PILToTensor))), None)
+    if cut is None:
+        raise ValueError("the model's preprocessing is not a torchvision Compose with a ToTensor step; "
+                         "a trigger cannot be applied in its input space")
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
+def input_size(loaded: LoadedModel) -> int:
+    """Side of the square image the model's validation transform hands to the model."""
+    geometry, _ = split_preprocess(loaded.preprocess)
+    return min(geometry(Image.new("RGB", (7, 5))).size)
+
+
+def embed_images(loaded: LoadedModel, images: Iterable[Image.Image], batch_size: int = 64,
+                 trigger: InputTrigger | None = None) -> np.ndarray:
     """(n, dim) float32 L2-normalised image embeddings, through the model's validation
-    transform, in batches of ``batch_size``."""
+    transform, in batches of ``batch_size``.
+
+    ``trigger(image, i)``, if given, is applied to the i-th image after the transform's resize
+    and centre crop, in model-input pixels, before normalisation: where training's poisons
+    carry their patch, whatever the stored image's size and aspect.
+    """
     import torch
 
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if trigger is None:
+        prepare = loaded.preprocess
+    else:
+        geometry, to_tensor = split_preprocess(loaded.preprocess)
+        counter = itertools.count()
+
+        def prepare(im: Image.Image) -> Any:
+            return to_tensor(trigger(geometry(im), next(counter)))
     out: list[np.ndarray] = []
     with torch.no_grad():
         for batch in _batched(images, batch_size):
-            x = torch.stack([loaded.preprocess(im) for im in batch]).to(loaded.device)
+            x = torch.stack([prepare(im) for im in batch]).to(loaded.device)
             out.append(loaded.model.encode_image(x, normalize=True).float().cpu().numpy())
     if not out:
         dim = int(getattr(loaded.model.visual, "output_dim", 0) or 0)

@@ -287,7 +287,7 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
     are the same; it becomes the sweep's ``cache`` as a symbolic link, so workers and cluster
     jobs that only know the sweep folder find it too."""
     stages = stages or load_stages(spec.stages)
-    trials = expand(spec, stages.resolve)
+    trials = expand(spec, stages.resolve, getattr(stages, "link", None))
     sweep = SweepDir(Path(out).resolve())
     changed = []
     for t in trials:

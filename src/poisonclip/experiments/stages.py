@@ -201,6 +201,20 @@ class PoisonclipStages:
     """The sweep's view of poisonclip's own stages."""
 
     # --- resolve -------------------------------------------------------------------------
+    def link(self, raw: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Settings one stage takes from another: a backdoor's poisons are written at the
+        input size of the model the trial trains (unless the spec sets ``poison.resolution``),
+        so the patch reaches that model pixel for pixel."""
+        out = {stage: dict(cfg) for stage, cfg in raw.items()}
+        poison = out.get("poison", {})
+        if poison.get("attack", "backdoor") == "backdoor" and "resolution" not in poison:
+            from poisonclip.train.models import input_size
+
+            model = self._resolve_train(dict(out.get("train", {})))["model"]
+            poison["resolution"] = input_size(model)
+            out["poison"] = poison
+        return out
+
     def resolve(self, stage: str, config: Mapping[str, Any]) -> dict[str, Any]:
         return getattr(self, f"_resolve_{stage}")(dict(config))
 

@@ -95,11 +95,12 @@ def trial_name(assignment: tuple[tuple[str, Any], ...], short: Mapping[str, str]
     return name
 
 
-def expand(spec: SweepSpec, resolve=None) -> list[Trial]:
+def expand(spec: SweepSpec, resolve=None, link=None) -> list[Trial]:
     """All trials of a spec, in grid order (first axis slowest), without duplicates.
 
     ``resolve(stage, mapping) -> mapping`` fills defaults and validates one stage config (the
-    stage adapter's ``resolve``); the identity when None.
+    stage adapter's ``resolve``); the identity when None. ``link(raw) -> raw``, if given, first
+    fills settings one stage takes from another (the poisons' resolution from the model).
     """
     resolve = resolve or (lambda stage, cfg: dict(cfg))
     short = _short_names(spec.axes)
@@ -112,6 +113,8 @@ def expand(spec: SweepSpec, resolve=None) -> list[Trial]:
             for axis, value in assignment:
                 for path in (spec.seed_fields if axis == SEED_AXIS else (axis,)):
                     set_path(raw, path, value)
+            if link is not None:
+                raw = link(raw)
             config = {stage: dict(resolve(stage, raw[stage])) for stage in STAGES}
             trial = _make_trial(spec, trial_name(assignment, short), config)
             old = trials.get(trial.name)

@@ -98,6 +98,19 @@ def check_model(name: str) -> str:
                     "`poisonclip models --all` lists them)")
 
 
+def input_size(name: str) -> int:
+    """The side of the square image the model takes (its config's vision image_size)."""
+    from open_clip.factory import get_model_config
+
+    check_model(name)
+    register_models()
+    cfg = get_model_config(name)
+    if cfg is None:
+        raise UserError(f"--model {name}: no config found")
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return size if isinstance(size, int) else int(size[0])
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
