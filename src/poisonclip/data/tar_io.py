@@ -35,7 +35,9 @@ from poisonclip.data.sample import IMAGE_EXTS, MAX_FILE_BYTES, SkipReport
 from poisonclip.errors import UserError
 
 MAX_MEMBER_BYTES = MAX_FILE_BYTES  # one image or caption; LAION's largest images are a few MB
-MAX_HEADER_BYTES = 64 << 10  # pax / GNU long-name data; real ones are well under 4 KiB
+# pax / GNU long-name data: real ones are well under 4 KiB; small also because Python < 3.11.10
+# parses pax records in time quadratic in their size (CVE-2024-6232): 8 KiB costs < 0.1 s.
+MAX_HEADER_BYTES = 8 << 10
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
@@ -148,11 +150,17 @@ def _members(f, size: int) -> Iterator[Member]:
             end = m.offset_data + -(-m.size // _BLOCK) * _BLOCK
             if m.type in _REGULAR:
                 yield Member(m.name, m.offset_data, m.size)
-    # tarfile ends quietly at any unreadable header after the first: only zeros (the
-    # end-of-archive blocks) or the exact end of the file mean nothing was lost.
+    # tarfile ends quietly at any unreadable header after the first, and at the end of the
+    # file: only the end-of-archive zeros mean nothing was lost.
     f.seek(end)
-    if f.read(_BLOCK).strip(b"\0"):
-        raise _Corrupt(f"unreadable header at byte {end}")
+    if not _is_end(f.read(_BLOCK)):
+        raise _Corrupt(f"no end-of-archive block at byte {end}")
+
+
+def _is_end(block: bytes) -> bool:
+    """Is this (up to 512 bytes at the end of the members) the end-of-archive marker?
+    Zeros cut short still count: every member before them is whole."""
+    return bool(block) and not block.strip(b"\0")
 
 
 def _split(name: str) -> tuple[str, str, str]:
@@ -254,8 +262,8 @@ def _fast_members(mm, size: int) -> Iterator[tuple[str, int, int]]:
             text = mm[off + 345:off + 500].split(b"\0", 1)[0].decode("utf-8") + "/" + text
         yield text, data_off, n
         off = data_off + -(-n // _BLOCK) * _BLOCK  # always > the previous off
-    if off != size:
-        raise _Unusual  # a partial block: truncated
+    if not _is_end(mm[off:off + _BLOCK]):
+        raise _Unusual  # truncated: the tarfile reader counts it
 
 
 def _fast_captions(mm, size: int, max_member: int) -> list[list]:
