@@ -8,7 +8,7 @@ key (a target image), counts shard sizes (from ``sizes.json``), or draws a few s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -182,8 +182,17 @@ def resolve_classnames(explicit: str | None, disabled: bool, data: str,
 
 def find_sample(source: str | os.PathLike, key: str, fmt: CsvFormat = CsvFormat(),
                 report: SkipReport | None = None) -> Sample | None:
-    """The sample with ``key`` (first match), reading only that sample's image."""
-    report = report if report is not None else SkipReport()
+    """The sample with ``key`` (first match), reading only that sample's image. Skips met on
+    the way are folded into ``report`` with ``SkipReport.merge_max`` (another pass's counts)."""
+    own = SkipReport()
+    try:
+        return _find_sample(source, key, fmt, own)
+    finally:
+        if report is not None:
+            report.merge_max(own)
+
+
+def _find_sample(source: str | os.PathLike, key: str, fmt: CsvFormat, report: SkipReport) -> Sample | None:
     if dataset_kind(source) == "csv":
         root = Path(source).parent
         for i, row in enumerate(iter_rows(source, fmt, [fmt.img_key])):
@@ -222,6 +231,7 @@ class SourceDraw:
     n_excluded: int              # candidates of an excluded label
     n_shards_read: int | None    # WebDataset only
     n_shards: int | None
+    skipped: dict[str, int] = field(default_factory=dict)  # what this draw skipped, per reason
 
 
 def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
@@ -237,7 +247,17 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
     visits every shard (uniform over the whole dataset). Images are decoded only when they
     enter the reservoir; unreadable ones are skipped and counted.
     """
-    report = report if report is not None else SkipReport()
+    draw = _draw(source, n, rng, excluded, label_key, fmt, pool_factor, need_caption)
+    if report is not None:
+        # The caller's report may already hold a caption search over the same rows: per
+        # reason, keep the larger count, so a row met by both passes counts once.
+        report.merge_max(draw.skipped)
+    return draw
+
+
+def _draw(source: str | os.PathLike, n: int, rng: np.random.Generator, excluded: frozenset[str],
+          label_key: str, fmt: CsvFormat, pool_factor: float, need_caption: bool) -> SourceDraw:
+    report = SkipReport()
     reservoir: list[Sample] = []
     seen = n_excl = 0
 
@@ -289,7 +309,7 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
                 return Sample(csv_key(row, i), data, clean_text(caption), meta, ext if ext in IMAGE_EXTS else "jpg")
 
             offer(row.get(label_key), load)
-        return SourceDraw(reservoir, seen, n_excl, None, None)
+        return SourceDraw(reservoir, seen, n_excl, None, None, dict(report))
 
     shards = expand_shards(source)
     order = rng.permutation(len(shards))
@@ -303,4 +323,4 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
             s = group_sample(key, files, shards[idx], report, need_caption)
             if s is not None:
                 offer(s.meta.get(label_key), lambda s=s: s)
-    return SourceDraw(reservoir, seen, n_excl, n_read, len(shards))
+    return SourceDraw(reservoir, seen, n_excl, n_read, len(shards), dict(report))

@@ -175,6 +175,12 @@ class SkipReport(Counter):
             raise ValueError(f"unknown skip reason {reason!r}; add it to SKIP_REASONS")
         self[reason] += n
 
+    def merge_max(self, other: Mapping[str, int]) -> None:
+        """Fold in another pass over the same data: per reason, keep the larger count, so a
+        sample that two passes both skipped (caption search, then source drawing) counts once."""
+        for reason, n in other.items():
+            self[reason] = max(self[reason], n)
+
     def summary(self) -> str:
         if not self:
             return "no samples skipped"
