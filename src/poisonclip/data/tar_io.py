@@ -90,15 +90,23 @@ class _CappedReads:
         return self._f.tell()
 
 
+_OCTAL_DIGITS = b"01234567"
+
+
+def _octal(field: bytes) -> int | None:
+    """A tar numeric field in plain octal (NUL/space padded), else None (signs, base-256...)."""
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    if not digits or digits.translate(None, _OCTAL_DIGITS):
+        return None
+    return int(digits, 8)
+
+
 def _header_ok(block: bytes) -> bool:
     """Does this 512-byte block carry a valid tar header checksum?"""
     if len(block) < _BLOCK:
         return False
-    field = block[148:156].split(b"\0", 1)[0].strip()
-    if not field or not field.isdigit():
-        return False
-    want = int(field, 8) if all(c in b"01234567" for c in field) else -1
-    return want == sum(block[:148]) + 256 + sum(block[156:_BLOCK])
+    want = _octal(block[148:156])
+    return want is not None and want == sum(block) - sum(block[148:156]) + 256
 
 
 def check_not_compressed(path: Path, head: bytes) -> None:
@@ -250,10 +258,9 @@ def _fast_members(mm, size: int) -> Iterator[tuple[str, int, int]]:
             return
         if magic not in _USTAR or typ not in (b"0", b"\0") or not _header_ok(mm[off:off + _BLOCK]):
             raise _Unusual
-        digits = field.rstrip(b"\0 ").lstrip(b" ")
-        if not digits or not all(48 <= c <= 55 for c in digits):  # octal digits only: no sign, no base-256
+        n = _octal(field)  # octal digits only: no sign, no base-256
+        if n is None:
             raise _Unusual
-        n = int(digits, 8)
         data_off = off + _BLOCK
         if data_off + n > size:
             raise _Unusual
