@@ -257,3 +257,20 @@ def test_training_counts_what_it_skips_in_shards_without_sizes(tmp_path):
         tf.addfile(info, io.BytesIO(b"abc"))
     data = train_dataset.resolve(tiny.shards, hash_data=False)
     assert data.num_samples == 20 and data.skipped == {"missing_image": 1}
+
+
+def test_the_docs_list_every_skip_reason():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "untrusted-input.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_0-9]+)` \|", doc, re.M))
+    assert listed == set(SKIP_REASONS)
+
+
+def test_one_very_long_row_does_not_stop_caption_search(tmp_path):
+    from poisonclip.attacks.captions import search_captions
+
+    t = tmp_path / "long.tsv"
+    rows = ["filepath\ttitle", *(f"a{i}.png\ta moon {i}" for i in range(50)), "x.png\t" + "moon " * 600_000,
+            *(f"b{i}.png\tmoon b{i}" for i in range(50))]
+    t.write_text("\n".join(rows) + "\n")
+    cs = search_captions(t, ["moon"])["moon"]
+    assert cs.n_scanned == 101 and len(cs.captions) == 101

@@ -278,3 +278,19 @@ def test_a_member_over_the_cap_is_a_counted_skip_and_never_read(tmp_path):
     assert report == {"member_too_large": 3}
     # the default cap lets ordinary samples through
     assert [s.key for s in read_shards(shard)] == [s.key for s in samples]
+
+
+def test_data_info_reports_hostile_shards_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from poisonclip.cli import app
+
+    runner = CliRunner()
+    neg = tmp_path / "neg.tar"
+    neg.write_bytes(_header(b"a.txt", b"-0000001000\0") + b"x" * 3000)
+    r = runner.invoke(app, ["data", "info", str(neg)])
+    assert r.exit_code == 0 and "0 readable samples" in r.output and "truncated_tar=1" in r.output
+    gz = tmp_path / "gz.tar"
+    gz.write_bytes(gzip.compress(_shard(tmp_path).read_bytes()))
+    r = runner.invoke(app, ["data", "info", str(gz)])
+    assert r.exit_code == 2 and "gzip-compressed" in r.output and "Traceback" not in r.output

@@ -23,6 +23,9 @@ from poisonclip.data.wds_io import expand_shards, group_sample, read_sizes
 from poisonclip.errors import UserError
 
 CLASSNAMES_FILE = "classnames.txt"
+# pyarrow cannot parse a row longer than one block: as long as the csv module's field limit
+# (``csv_io``), so both readers agree on which rows are too long.
+_CSV_BLOCK = 1 << 24
 
 
 # --------------------------------------------------------------------------- tar groups
@@ -71,7 +74,7 @@ def iter_caption_batches(source: str | os.PathLike, fmt: CsvFormat = CsvFormat()
         try:
             batches = iter(pcsv.open_csv(
                 str(source),
-                read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=True),
+                read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=True),
                 parse_options=pcsv.ParseOptions(delimiter=csv_separator(source, fmt), newlines_in_values=True,
                                                 invalid_row_handler=bad_row),
                 convert_options=pcsv.ConvertOptions(include_columns=[fmt.caption_key],

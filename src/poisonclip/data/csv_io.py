@@ -142,7 +142,14 @@ def iter_rows(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
         if missing:
             raise UserError(f"{path}: missing column(s) {missing}; found {columns}. "
                             "Name the right ones with --img-key/--caption-key")
-        yield from csv.DictReader(f, fieldnames=columns, delimiter=sep)
+        reader = csv.DictReader(f, fieldnames=columns, delimiter=sep)
+        while True:
+            try:
+                yield next(reader)
+            except StopIteration:
+                return
+            except csv.Error:  # e.g. a field over the 16 MiB limit: the row is lost, not the table
+                yield {None: []}  # ``check_row`` counts it as a bad_row
 
 
 def is_utf8(text: str) -> bool:
