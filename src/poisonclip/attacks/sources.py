@@ -15,8 +15,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from poisonclip.data import dataset_kind
-from poisonclip.data.csv_io import (CsvFormat, check_row, clean_text, csv_columns, csv_key,  # noqa: F401
-                                    csv_separator, iter_rows)
+from poisonclip.data.csv_io import CsvFormat, check_row, clean_text, csv_columns, csv_key, csv_separator, iter_rows
 from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image, read_image_file
 from poisonclip.data.tar_io import iter_groups, shard_captions
 from poisonclip.data.wds_io import expand_shards, group_sample, read_sizes

@@ -41,7 +41,8 @@ MAX_FILE_BYTES = 64 << 20
 
 # Leading bytes of image formats we refuse, to tell "another format" from "garbage".
 _OTHER_FORMATS = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"%!PS", b"\xc5\xd0\xd3\xc6",
-                  b"%PDF", b"\x00\x00\x01\x00", b"8BPS", b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51", b"icns", b"DDS ", b"qoif")
+                  b"%PDF", b"\x00\x00\x01\x00", b"8BPS", b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51",
+                  b"icns", b"DDS ", b"qoif")
 
 # Scraped data is untrusted: refuse images whose pixel count could exhaust memory.
 # 89.5M pixels is Pillow's own warning threshold; above 2x it Pillow raises.
