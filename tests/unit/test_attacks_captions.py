@@ -164,8 +164,17 @@ def test_custom_columns(tmp_path):
 
 
 
-def test_table_that_is_not_utf8_is_a_user_error(tmp_path):
+def test_caption_that_is_not_utf8_costs_its_row_not_the_table(tmp_path):
     t = tmp_path / "bad.tsv"
-    t.write_bytes(b"filepath\ttitle\na.png\tgood moon\nb.png\tbad \xff moon\n")
-    with pytest.raises(UserError, match="cannot read the table"):
+    t.write_bytes(b"filepath\ttitle\na.png\tgood moon\nb.png\tbad \xff moon\nc.png\ta moon again\n")
+    report = SkipReport()
+    cs = search_captions(t, ["moon"], report=report)["moon"]
+    assert cs.captions == ("good moon", "a moon again") and cs.n_scanned == 2
+    assert report == {"caption_not_utf8": 1}
+
+
+def test_header_that_is_not_utf8_is_a_user_error(tmp_path):
+    t = tmp_path / "bad.tsv"
+    t.write_bytes(b"file\xffpath\ttitle\na.png\tgood moon\n")
+    with pytest.raises(UserError, match="not UTF-8"):
         search_captions(t, ["moon"])

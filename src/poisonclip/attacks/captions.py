@@ -170,7 +170,21 @@ def template_captions(label: str) -> CaptionSet:
 
 def search_captions(dataset: str | os.PathLike, labels: Sequence[str], plurals: bool = True,
                     fmt: CsvFormat = CsvFormat(), report: SkipReport | None = None) -> dict[str, CaptionSet]:
-    """Search sets for several labels in one streaming pass over the dataset's captions."""
+    """Search sets for several labels in one streaming pass over the dataset's captions.
+
+    Skipped rows are folded into ``report`` with ``SkipReport.merge_max``: other passes over
+    the same data (source drawing) meet the same broken rows, and each counts once.
+    """
+    own = SkipReport()
+    try:
+        return _search(dataset, labels, plurals, fmt, own)
+    finally:
+        if report is not None:
+            report.merge_max(own)
+
+
+def _search(dataset: str | os.PathLike, labels: Sequence[str], plurals: bool, fmt: CsvFormat,
+            report: SkipReport) -> dict[str, CaptionSet]:
     import pyarrow.compute as pc
 
     from poisonclip.attacks.sources import iter_caption_batches

@@ -7,192 +7,36 @@ key (a target image), counts shard sizes (from ``sizes.json``), or draws a few s
 
 from __future__ import annotations
 
-import csv
-import json
-import mmap
 import os
-import struct
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from poisonclip.data import dataset_kind
-from poisonclip.data.csv_io import CsvFormat, iter_rows
-from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image
-from poisonclip.data.wds_io import SIZES_FILE, expand_shards
+from poisonclip.data.csv_io import CsvFormat, check_row, clean_text, csv_columns, csv_key, csv_separator, iter_rows
+from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image, read_image_file
+from poisonclip.data.tar_io import iter_groups, shard_captions
+from poisonclip.data.wds_io import expand_shards, group_sample, read_sizes
 from poisonclip.errors import UserError
 
 CLASSNAMES_FILE = "classnames.txt"
-_ZERO_BLOCK = bytes(512)
-# name (0:100), size (124:136), type flag (156), magic (257:262) of a tar header
-_HEADER = struct.Struct("100s24x12s20xc100x5s")
-_IMAGE_EXT_SET = frozenset(IMAGE_EXTS)
+# pyarrow cannot parse a row longer than one block: as long as the csv module's field limit
+# (``csv_io``), so both readers agree on which rows are too long.
+_CSV_BLOCK = 1 << 24
 
 
-# --------------------------------------------------------------------------- CSV helpers
-
-def csv_separator(path: str | os.PathLike, fmt: CsvFormat) -> str:
-    """The separator ``csv_io.read_csv`` would use (explicit, tab for .tsv, else sniffed)."""
-    if fmt.sep is not None:
-        return fmt.sep
-    path = Path(path)
-    if path.suffix.lower() == ".tsv":
-        return "\t"
-    return "\t" if "\t" in _header_line(path) else ","
-
-
-def _header_line(path: str | os.PathLike) -> str:
-    # binary readline: a text-mode readline decodes a whole buffer, past the header
-    with open(path, "rb") as f:
-        line = f.readline()
-    try:
-        return line.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: header is not UTF-8 text; is this really a CSV file?") from None
-
-
-def csv_columns(path: str | os.PathLike, fmt: CsvFormat, required: Sequence[str] | None = None) -> list[str]:
-    """The table's header, after ``iter_rows``'s checks (file exists, columns present)."""
-    rows = iter_rows(path, fmt, required)
-    try:
-        next(rows)
-    except StopIteration:
-        pass
-    finally:
-        rows.close()
-    return next(csv.reader([_header_line(path)], delimiter=csv_separator(path, fmt)))
-
-
-# --------------------------------------------------------------------------- fast tar scan
-
-class _CorruptTar(Exception):
-    pass
-
-
-def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for large sizes
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _checksum_ok(h: bytes) -> bool:
-    try:
-        want = _octal(h[148:156])
-    except ValueError:
-        return False
-    return want == sum(h[:148]) + 256 + sum(h[156:])
-
-
-def _pax_fields(data: bytes) -> dict[str, str]:
-    out, i = {}, 0
-    while i < len(data):
-        sp = data.index(b" ", i)
-        length = int(data[i:sp])
-        k, _, v = data[sp + 1:i + length - 1].partition(b"=")
-        out[k.decode("utf-8")] = v.decode("utf-8")
-        i += length
-    return out
-
-
-def _members(mm: mmap.mmap) -> Iterator[tuple[str, int, int]]:
-    """(name, data offset, size) of each regular file in a tar held in ``mm``.
-
-    Written by hand because :mod:`tarfile` parses every header in Python and reads every
-    member (about 100 us per sample here); captions-only scans need names and sizes, which
-    this reads from the 512-byte headers while skipping image data (a few us per sample).
-    Handles ustar, GNU long names and pax path/size records; anything odd is a _CorruptTar.
-    """
-    off, end = 0, len(mm)
-    long_name: str | None = None
-    pax: dict[str, str] = {}
-    unpack = _HEADER.unpack_from
-    while off + 512 <= end:
-        name, field, typ, magic = unpack(mm, off)
-        if name[0] == 0 and mm[off:off + 512] == _ZERO_BLOCK:
-            return
-        if magic != b"ustar" and not _checksum_ok(mm[off:off + 512]):
-            raise _CorruptTar("bad header")
-        size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.strip(b"\0 ") or b"0", 8)
-        data_off = off + 512
-        if pax and "size" in pax:
-            size = int(pax["size"])
-        off = data_off + ((size + 511) & ~511)
-        if data_off + size > end:
-            raise _CorruptTar("truncated")
-        if typ == b"0" or typ == b"\0" or typ == b"7":  # regular file (old NUL form, contiguous)
-            if pax and "path" in pax:
-                text = pax["path"]
-            elif long_name is not None:
-                text = long_name
-            else:
-                text = name.split(b"\0", 1)[0].decode("utf-8")
-                hdr = data_off - 512
-                # POSIX ustar keeps a path prefix at 345; GNU ("ustar  ") keeps times there
-                if mm[hdr + 345] != 0 and mm[hdr + 257:hdr + 263] == b"ustar\x00":
-                    text = mm[hdr + 345:hdr + 500].split(b"\0", 1)[0].decode("utf-8") + "/" + text
-            yield text, data_off, size
-        elif typ == b"x":  # pax header for the next member
-            pax = _pax_fields(mm[data_off:data_off + size])
-            continue
-        elif typ == b"L":  # GNU long name for the next member
-            long_name = mm[data_off:data_off + size].split(b"\0", 1)[0].decode("utf-8")
-            continue
-        long_name, pax = None, {}
-    if off < end and mm[off:end].strip(b"\0"):
-        raise _CorruptTar("trailing data")
-
+# --------------------------------------------------------------------------- tar groups
 
 def scan_groups(path: Path, report: SkipReport, exts: frozenset[str] | None = None,
                 only_key: str | None = None) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """(key, {ext: data}) per sample, by WebDataset's grouping rule (key = path up to the
-    first dot of the file name); data is read only for ``exts`` (None: all) and, when
-    ``only_key`` is given, only for that sample.
+    """(key, {ext: data}) per sample of one shard (``tar_io.iter_groups``); data is read only
+    for ``exts`` (None: all) and, when ``only_key`` is given, only for that sample."""
+    def want(key: str, ext: str) -> bool:
+        return (exts is None or ext in exts) and (only_key is None or key == only_key)
 
-    Members not read appear with ``None`` so callers still see which files a sample has.
-    A corrupt or truncated shard ends its scan and counts one ``truncated_tar`` skip, the
-    same rule as ``wds_io.read_shards``.
-    """
-    with _mapped_shard(path, report) as mm:
-        if mm is None:
-            return
-        key, base_key, group = None, "", {}
-        try:
-            for name, data_off, size in _members(mm):
-                d, _, base = name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                k = f"{d}/{stem}" if d else stem
-                if k != key:
-                    if key is not None:
-                        yield base_key, group
-                    key, base_key, group = k, stem, {}
-                ext = ext.lower()
-                read = (exts is None or ext in exts) and (only_key is None or stem == only_key)
-                group[ext] = mm[data_off:data_off + size] if read else None
-        except (_CorruptTar, ValueError, UnicodeDecodeError, IndexError):
-            report.skip("truncated_tar")
-            return
-        if key is not None:
-            yield base_key, group
-
-
-@contextmanager
-def _mapped_shard(path: Path, report: SkipReport) -> Iterator[mmap.mmap | None]:
-    """The shard memory-mapped for the header scan; None (one ``truncated_tar``) if empty."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read shard ({e.strerror})") from None
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            report.skip("truncated_tar")
-            yield None
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            yield mm
+    return iter_groups(path, report, want)
 
 
 def _image_ext(files: dict) -> str | None:
@@ -222,17 +66,18 @@ def iter_caption_batches(source: str | os.PathLike, fmt: CsvFormat = CsvFormat()
             report.skip("bad_row")
             return "skip"
 
-        def unreadable(e: Exception) -> UserError:  # e.g. bytes that are not UTF-8
+        def unreadable(e: Exception) -> UserError:
             return UserError(f"{source}: cannot read the table ({str(e).splitlines()[0]})")
 
+        # Read as bytes: one caption that is not UTF-8 costs its row, not the table.
         try:
             batches = iter(pcsv.open_csv(
                 str(source),
-                read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=True),
+                read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=True),
                 parse_options=pcsv.ParseOptions(delimiter=csv_separator(source, fmt), newlines_in_values=True,
                                                 invalid_row_handler=bad_row),
                 convert_options=pcsv.ConvertOptions(include_columns=[fmt.caption_key],
-                                                    column_types={fmt.caption_key: pa.string()},
+                                                    column_types={fmt.caption_key: pa.binary()},
                                                     strings_can_be_null=False)))
         except pa.ArrowInvalid as e:
             raise unreadable(e) from None
@@ -244,75 +89,33 @@ def iter_caption_batches(source: str | os.PathLike, fmt: CsvFormat = CsvFormat()
             except pa.ArrowInvalid as e:
                 raise unreadable(e) from None
             col = batch.column(0)
-            ok = pc.and_(pc.is_valid(col), pc.invert(pc.equal(pc.utf8_trim_whitespace(col), "")))
-            if not len(col):
-                continue
-            n_bad = len(col) - (pc.sum(ok).as_py() or 0)
-            if n_bad:
-                report["missing_caption"] += n_bad
-            yield pc.filter(col, ok) if n_bad else col
+            if len(col):
+                yield _decode_captions(col, report)
         return
     for shard in expand_shards(source):
-        raw = _shard_captions(shard, report)
+        raw = shard_captions(shard, report)
         for i in range(0, len(raw), batch_size):
             yield _decode_captions(raw[i:i + batch_size], report)
 
 
-def _shard_captions(path: Path, report: SkipReport) -> list[bytes]:
-    """The ``.txt`` bytes of every sample in one shard that also has an image.
+def _decode_captions(raw, report: SkipReport):
+    """UTF-8-checked, non-blank captions as a pyarrow string array (checks run in C).
 
-    The captions-only hot loop over ``_members`` (no per-sample dicts): this is what makes
-    searching millions of WebDataset captions take seconds.
+    ``raw``: a list of bytes or a pyarrow binary array (nulls count as missing).
     """
-    out: list[bytes] = []
-    with _mapped_shard(path, report) as mm:
-        if mm is None:
-            return out
-        # one entry per sample: [txt or None, has image]; keys only mark sample boundaries
-        samples: list[list] = []
-        key, cur = None, None
-        images = _IMAGE_EXT_SET
-        try:
-            for name, data_off, size in _members(mm):
-                stem, _, ext = name.partition(".") if "/" not in name else _split_path(name)
-                if stem != key:
-                    key, cur = stem, [None, False]
-                    samples.append(cur)
-                if ext == "txt" or ext == "TXT":
-                    cur[0] = mm[data_off:data_off + size]
-                elif ext.lower() in images:
-                    cur[1] = True
-        except (_CorruptTar, ValueError, UnicodeDecodeError, IndexError):
-            report.skip("truncated_tar")
-            if samples:
-                samples.pop()  # the sample being assembled is lost
-    for txt, has_img in samples:
-        if not has_img:
-            report.skip("missing_image")
-        elif txt is None:
-            report.skip("missing_caption")
-        else:
-            out.append(txt)
-    return out
-
-
-def _split_path(name: str) -> tuple[str, str, str]:
-    """(key with folders, ".", ext) for a member name inside folders."""
-    head, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    return f"{head}/{stem}", dot, ext
-
-
-def _decode_captions(raw: list[bytes], report: SkipReport):
-    """UTF-8-checked, non-blank captions as a pyarrow string array (checks run in C)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    arr = raw if isinstance(raw, pa.Array) else pa.array(raw, pa.binary())
+    n_null = arr.null_count
+    if n_null:
+        report.skip("missing_caption", n_null)
+        arr = arr.drop_null()
     try:
-        arr = pa.array(raw, pa.binary()).cast(pa.string())
+        arr = arr.cast(pa.string())
     except pa.ArrowInvalid:  # some caption is not UTF-8: find and count it the slow way
         good = []
-        for b in raw:
+        for b in arr.to_pylist():
             try:
                 good.append(b.decode("utf-8"))
             except UnicodeDecodeError:
@@ -321,7 +124,7 @@ def _decode_captions(raw: list[bytes], report: SkipReport):
     ok = pc.invert(pc.equal(pc.utf8_trim_whitespace(arr), ""))
     n_bad = len(arr) - (pc.sum(ok).as_py() or 0)
     if n_bad:
-        report["missing_caption"] += n_bad
+        report.skip("missing_caption", n_bad)
         arr = pc.filter(arr, ok)
     return arr
 
@@ -331,20 +134,16 @@ def _decode_captions(raw: list[bytes], report: SkipReport):
 def shard_sizes(shards: Sequence[Path], report: SkipReport | None = None) -> list[int]:
     """Samples per shard from each folder's ``sizes.json``; shards it lacks are counted."""
     report = report if report is not None else SkipReport()
-    tables: dict[Path, dict] = {}
+    tables: dict[Path, dict[str, int]] = {}
     out = []
     for shard in shards:
         folder = shard.parent
         if folder not in tables:
-            p = folder / SIZES_FILE
-            try:
-                tables[folder] = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-            except (ValueError, OSError):
-                raise UserError(f"{p}: not valid JSON; fix or delete it so shard sizes are counted") from None
+            tables[folder] = read_sizes(folder)
         n = tables[folder].get(shard.name)
         if n is None:
             n = sum(1 for _ in scan_groups(shard, report, exts=frozenset()))
-        out.append(int(n))
+        out.append(n)
     return out
 
 
@@ -383,30 +182,37 @@ def resolve_classnames(explicit: str | None, disabled: bool, data: str,
     return names, str(path.resolve())
 
 
-def csv_key(row: dict[str, str], index: int) -> str:
-    """The key ``csv_io.read_csv`` gives a row: its ``key`` column, else the row number."""
-    return row.get("key") or f"{index:09d}"
-
-
 def find_sample(source: str | os.PathLike, key: str, fmt: CsvFormat = CsvFormat(),
                 report: SkipReport | None = None) -> Sample | None:
-    """The sample with ``key`` (first match), reading only that sample's image."""
-    report = report if report is not None else SkipReport()
+    """The sample with ``key`` (first match), reading only that sample's image. Skips met on
+    the way are folded into ``report`` with ``SkipReport.merge_max`` (another pass's counts)."""
+    own = SkipReport()
+    try:
+        return _find_sample(source, key, fmt, own)
+    finally:
+        if report is not None:
+            report.merge_max(own)
+
+
+def _find_sample(source: str | os.PathLike, key: str, fmt: CsvFormat, report: SkipReport) -> Sample | None:
     if dataset_kind(source) == "csv":
         root = Path(source).parent
         for i, row in enumerate(iter_rows(source, fmt, [fmt.img_key])):
             if csv_key(row, i) != key:
                 continue
-            rel = row.get(fmt.img_key) or ""
-            p = Path(rel) if os.path.isabs(rel) else root / rel
+            checked = check_row(row, i, fmt, root, report, need_caption=False)
+            p = checked[1] if checked else None
             try:
-                data = p.read_bytes()
-            except OSError:
-                raise UserError(f"{source}: image of key {key!r} ({p}) cannot be read") from None
-            meta = {k: v for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
+                if p is None:
+                    raise CorruptSample("missing_image")
+                data = read_image_file(p)
+            except CorruptSample as e:
+                raise UserError(f"{source}: image of key {key!r} ({p}) cannot be read ({e.reason})") from None
+            meta = {k: clean_text(v) for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
             meta["source_path"] = str(p)
             ext = p.suffix.lower().lstrip(".")
-            return Sample(key, data, row.get(fmt.caption_key) or "", meta, ext if ext in IMAGE_EXTS else "jpg")
+            return Sample(key, data, clean_text(row.get(fmt.caption_key) or ""), meta,
+                          ext if ext in IMAGE_EXTS else "jpg")
         return None
     for shard in expand_shards(source):
         for k, files in scan_groups(shard, report, only_key=key):
@@ -414,38 +220,8 @@ def find_sample(source: str | os.PathLike, key: str, fmt: CsvFormat = CsvFormat(
                 continue
             if _image_ext(files) is None:
                 raise UserError(f"{shard}: sample {key!r} has no image")
-            return _group_sample(k, files, shard, SkipReport(), need_caption=False)
+            return group_sample(k, files, shard, SkipReport(), need_caption=False)
     return None
-
-
-def _group_sample(key: str, files: dict, shard: Path, report: SkipReport,
-                  need_caption: bool = True) -> Sample | None:
-    """A Sample from one tar group, by ``wds_io.read_shards``'s rules (without decoding)."""
-    ext = _image_ext(files)
-    if ext is None:
-        report.skip("missing_image")
-        return None
-    raw = files.get("txt")
-    try:
-        caption = raw.decode("utf-8") if raw is not None else ""
-    except UnicodeDecodeError:
-        report.skip("caption_not_utf8")
-        return None
-    if need_caption and not caption.strip():
-        report.skip("missing_caption")
-        return None
-    meta: dict = {}
-    if files.get("json") is not None:
-        try:
-            meta = json.loads(files["json"].decode("utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError
-        except (ValueError, UnicodeDecodeError):
-            report.skip("bad_json")
-            return None
-    meta = {k: v for k, v in meta.items() if k not in ("key", "caption")}
-    meta["shard"] = shard.name
-    return Sample(key=key, image=files[ext], caption=caption, meta=meta, ext="jpg" if ext == "jpeg" else ext)
 
 
 # --------------------------------------------------------------------------- source images
@@ -457,6 +233,7 @@ class SourceDraw:
     n_excluded: int              # candidates of an excluded label
     n_shards_read: int | None    # WebDataset only
     n_shards: int | None
+    skipped: dict[str, int] = field(default_factory=dict)  # what this draw skipped, per reason
 
 
 def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
@@ -472,7 +249,17 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
     visits every shard (uniform over the whole dataset). Images are decoded only when they
     enter the reservoir; unreadable ones are skipped and counted.
     """
-    report = report if report is not None else SkipReport()
+    draw = _draw(source, n, rng, excluded, label_key, fmt, pool_factor, need_caption)
+    if report is not None:
+        # The caller's report may already hold a caption search over the same rows: per
+        # reason, keep the larger count, so a row met by both passes counts once.
+        report.merge_max(draw.skipped)
+    return draw
+
+
+def _draw(source: str | os.PathLike, n: int, rng: np.random.Generator, excluded: frozenset[str],
+          label_key: str, fmt: CsvFormat, pool_factor: float, need_caption: bool) -> SourceDraw:
+    report = SkipReport()
     reservoir: list[Sample] = []
     seen = n_excl = 0
 
@@ -507,26 +294,24 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
         root = Path(source).parent
         required = [fmt.img_key, fmt.caption_key] if need_caption else [fmt.img_key]
         for i, row in enumerate(iter_rows(source, fmt, required)):
-            caption = row.get(fmt.caption_key) or ""
-            if need_caption and not caption.strip():
-                report.skip("missing_caption")
+            checked = check_row(row, i, fmt, root, report, need_caption)
+            if checked is None:
                 continue
 
-            def load(row=row, i=i, caption=caption) -> Sample | None:
-                rel = row.get(fmt.img_key) or ""
-                p = Path(rel) if os.path.isabs(rel) else root / rel
+            def load(row=row, i=i, checked=checked) -> Sample | None:
+                caption, p = checked
                 try:
-                    data = p.read_bytes()
-                except OSError:
-                    report.skip("missing_image")
+                    data = read_image_file(p)
+                except CorruptSample as e:
+                    report.skip(e.reason)
                     return None
                 ext = p.suffix.lower().lstrip(".")
-                meta = {k: v for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
+                meta = {k: clean_text(v) for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
                 meta["source_path"] = str(p)
-                return Sample(csv_key(row, i), data, caption, meta, ext if ext in IMAGE_EXTS else "jpg")
+                return Sample(csv_key(row, i), data, clean_text(caption), meta, ext if ext in IMAGE_EXTS else "jpg")
 
             offer(row.get(label_key), load)
-        return SourceDraw(reservoir, seen, n_excl, None, None)
+        return SourceDraw(reservoir, seen, n_excl, None, None, dict(report))
 
     shards = expand_shards(source)
     order = rng.permutation(len(shards))
@@ -537,7 +322,7 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
             break
         n_read += 1
         for key, files in scan_groups(shards[idx], report):
-            s = _group_sample(key, files, shards[idx], report, need_caption)
+            s = group_sample(key, files, shards[idx], report, need_caption)
             if s is not None:
                 offer(s.meta.get(label_key), lambda s=s: s)
-    return SourceDraw(reservoir, seen, n_excl, n_read, len(shards))
+    return SourceDraw(reservoir, seen, n_excl, n_read, len(shards), dict(report))

@@ -32,10 +32,11 @@ from poisonclip.attacks.evasion import add_noise
 from poisonclip.attacks.manifest import MANIFEST_FILE, ManifestRow, write_manifest
 from poisonclip.attacks.plan import Plan, PoisonItem, rng_for
 from poisonclip.attacks.registry import TRIGGERS
-from poisonclip.attacks.sources import csv_columns, csv_key, shard_sizes
+from poisonclip.attacks.sources import shard_sizes
 from poisonclip.data import dataset_kind
-from poisonclip.data.csv_io import OPEN_CLIP_CAPTION_KEY, OPEN_CLIP_IMG_KEY, iter_rows, safe_key
-from poisonclip.data.sample import Sample, SkipReport, decode_image, encode_image
+from poisonclip.data.csv_io import (OPEN_CLIP_CAPTION_KEY, OPEN_CLIP_IMG_KEY, check_row, clean_text, csv_columns,
+                                    csv_key, iter_rows, safe_key)
+from poisonclip.data.sample import CorruptSample, Sample, SkipReport, check_image_file, decode_image, encode_image
 from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_bytes
@@ -233,19 +234,21 @@ def _write_csv(plan: Plan, rendered: list[tuple[Sample, ManifestRow]], tmp: Path
             while j < len(poison_rows) and pos[j] <= i:
                 w.writerow(poison_rows[j])
                 j += 1
-            caption = row.get(fmt.caption_key)
-            if caption is None or not caption.strip():
-                report.skip("missing_caption")
+            # The rows open_clip's trainer would fail on mid-epoch are left out and counted:
+            # the read_csv checks, then the image's header (cheap: pixels are not decoded).
+            checked = check_row(row, i, fmt, root, report)
+            if checked is None:
                 continue
-            rel = row.get(fmt.img_key) or ""
-            path = rel if os.path.isabs(rel) else os.path.abspath(root / rel)
-            if not rel or not os.path.isfile(path):
-                report.skip("missing_image")
+            caption, img = checked
+            try:
+                check_image_file(img)
+            except CorruptSample as e:
+                report.skip(e.reason)
                 continue
             key = csv_key(row, i)
             if key in poison_keys:
                 raise UserError(f"{src}: clean key {key!r} equals a poison key; rename it or use another --seed")
-            w.writerow([path, caption, key, *[row.get(c) or "" for c in extra]])
+            w.writerow([os.path.abspath(img), caption, key, *[clean_text(row.get(c) or "") for c in extra]])
             n_clean += 1
         for pr in poison_rows[j:]:
             w.writerow(pr)

@@ -83,9 +83,9 @@ def convert(
     samples = read_dataset(source, CsvFormat(img_key, caption_key), report)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if to is Format.csv:
-            write_csv(samples, tmp, name="train.tsv")
+            write_csv(samples, tmp, name="train.tsv", report=report)
         else:
-            write_shards(samples, tmp, shard_size=shard_size)
+            write_shards(samples, tmp, shard_size=shard_size, report=report)
     console.print(f"wrote {out}; {report.summary()}")
 
 

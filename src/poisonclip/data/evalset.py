@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from poisonclip.data.csv_io import CsvFormat, read_csv, write_csv
-from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image
+from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image, read_image_file
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_write_text
 
@@ -60,16 +60,19 @@ def read_image_folder(root: str | os.PathLike, classnames: Sequence[str] | None 
         if not d.is_dir():
             continue
         for img in sorted(d.iterdir()):
+            if img.name.startswith("."):  # .DS_Store and the like
+                continue
             ext = img.suffix.lower().lstrip(".")
             if ext not in IMAGE_EXTS:
+                report.skip("unsupported_format")
                 continue
-            data = img.read_bytes()
-            if verify:
-                try:
+            try:
+                data = read_image_file(img)
+                if verify:
                     decode_image(data)
-                except CorruptSample as e:
-                    report.skip(e.reason)
-                    continue
+            except CorruptSample as e:
+                report.skip(e.reason)
+                continue
             samples.append(Sample(key=f"{name}_{img.stem}", image=data, caption=name,
                                   meta={"label": label, "source_path": str(img)}, ext=ext))
     if not samples:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from poisonclip.data.csv_io import CsvFormat, iter_rows
-from poisonclip.data.wds_io import SIZES_FILE, expand_shards, iter_captions
+from poisonclip.data.csv_io import CsvFormat, check_row, csv_separator, iter_rows
+from poisonclip.data.sample import CorruptSample, SkipReport, check_image_file
+from poisonclip.data.wds_io import count_samples, expand_shards, read_sizes
 from poisonclip.errors import UserError
 from poisonclip.io_utils import sha256_file
 
@@ -39,6 +40,7 @@ class TrainData:
     poison_json: str | None = None
     poison_json_sha256: str | None = None
     num_shards: int = 0  # WebDataset only
+    skipped: dict[str, int] = field(default_factory=dict)  # samples not counted, per reason (data/sample.py)
 
     def open_clip_args(self) -> list[str]:
         args = ["--train-data", self.train_data, "--dataset-type", self.dataset_type,
@@ -70,25 +72,35 @@ def resolve(source: str | os.PathLike, fmt: CsvFormat = CsvFormat(), hash_data: 
                     f"folder ({POISON_FILE}) or a corpus folder ({CORPUS_TABLE})")
 
 
-def _separator(path: Path, fmt: CsvFormat) -> str:
-    # The same rule as poisonclip.data.csv_io reads with; open_clip needs it spelled out.
-    if fmt.sep is not None:
-        return fmt.sep
-    if path.suffix.lower() == ".tsv":
-        return "\t"
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return "\t" if "\t" in f.readline() else ","
-
-
 def _table(path: Path, fmt: CsvFormat, hash_data: bool, origin: str = "table",
-           source: Path | None = None) -> TrainData:
-    sep = _separator(path, fmt)
-    rows = iter_rows(path, CsvFormat(fmt.img_key, fmt.caption_key, sep))
+           source: Path | None = None, check: bool = True) -> TrainData:
+    """A table open_clip reads whole with pandas and then opens image by image: a row it
+    cannot use stops training mid-epoch, so with ``check`` every row is checked as
+    ``poisonclip poison`` checks clean rows, and any unusable row is a ``UserError`` that
+    says how to write a clean copy. Tables written by ``poisonclip poison`` were checked
+    when written (``check=False``)."""
+    sep = csv_separator(path, fmt)
+    fmt = CsvFormat(fmt.img_key, fmt.caption_key, sep)
+    report = SkipReport()
     n, first = 0, None
-    for row in rows:
+    for i, row in enumerate(iter_rows(path, fmt)):
+        if check:
+            checked = check_row(row, i, fmt, path.parent, report)
+            if checked is None:
+                continue
+            try:
+                check_image_file(checked[1])
+            except CorruptSample as e:
+                report.skip(e.reason)
+                continue
         if first is None:
             first = row
         n += 1
+    if report:
+        raise UserError(f"{path}: {sum(report.values())} of {n + sum(report.values())} rows cannot be trained on "
+                        f"({', '.join(f'{k}={v}' for k, v in sorted(report.items()))}) and open_clip's trainer "
+                        "stops at the first; write a clean copy with `poisonclip data convert "
+                        f"{path} --to csv --out CLEAN` (it skips and counts them) and train on CLEAN/train.tsv")
     if first is None:
         raise UserError(f"{path}: the table has a header but no rows")
     rel = first.get(fmt.img_key) or ""
@@ -106,17 +118,14 @@ def _absolute_spec(spec: str) -> str:
     return "::".join(str(Path(part).expanduser().absolute()) for part in spec.split("::"))
 
 
-def _count_shards(shards: list[Path]) -> int:
+def _count_shards(shards: list[Path], report: SkipReport) -> int:
     """Samples in ``shards``: from sizes.json when it covers them all (as open_clip reads
-    it: next to the first shard, keyed by base name), else by reading the captions."""
-    sizes_file = shards[0].parent / SIZES_FILE
-    if sizes_file.is_file():
-        try:
-            sizes = json.loads(sizes_file.read_text())
-            return sum(int(sizes[s.name]) for s in shards)
-        except (ValueError, KeyError, TypeError):
-            pass
-    return sum(1 for _ in iter_captions("::".join(str(s) for s in shards)))
+    it: next to the first shard, keyed by base name), else by reading the captions (skips
+    counted in ``report``). A malformed sizes.json is a ``UserError``."""
+    sizes = read_sizes(shards[0].parent)
+    if all(s.name in sizes for s in shards):
+        return sum(sizes[s.name] for s in shards)
+    return count_samples(shards, report)
 
 
 def _shards_sha(shards: list[Path]) -> str:
@@ -131,13 +140,14 @@ def _shards(raw: str, hash_data: bool) -> TrainData:
     p = Path(raw).expanduser()
     # A folder becomes an explicit list; patterns are passed on as given (made absolute).
     spec = "::".join(str(s.absolute()) for s in shards) if p.is_dir() else _absolute_spec(raw)
-    n = _count_shards(shards)
+    report = SkipReport()
+    n = _count_shards(shards, report)
     if n == 0:
         raise UserError(f"{raw}: the shards hold no samples")
     return TrainData(source=str(p.absolute()) if p.is_dir() else spec, origin="shards",
                      dataset_type="webdataset", train_data=spec, num_samples=n,
                      cwd=str(shards[0].parent), sha256=_shards_sha(shards) if hash_data else None,
-                     num_shards=len(shards))
+                     num_shards=len(shards), skipped=dict(sorted(report.items())))
 
 
 _POISON_FIELDS = ("dataset_type", "train_data", "num_samples")
@@ -161,10 +171,14 @@ def _poisoned(folder: Path, hash_data: bool) -> TrainData:
             table = folder / table
         if not table.is_file():
             raise UserError(f"{pj}: train_data {info['train_data']} does not exist")
-        base = _table(table, fmt, hash_data, origin="poisoned", source=folder)
+        base = _table(table, fmt, hash_data, origin="poisoned", source=folder, check=False)
     elif kind == "webdataset":
         base = _shards(info["train_data"], hash_data)
     else:
         raise UserError(f"{pj}: dataset_type must be 'csv' or 'webdataset', not {kind!r}")
+    skipped = dict(base.skipped)
+    if isinstance(info.get("skipped"), dict):  # the clean rows `poisonclip poison` left out
+        skipped.update({k: v for k, v in info["skipped"].items() if isinstance(v, int)})
     return TrainData(**{**base.__dict__, "source": str(folder), "origin": "poisoned",
-                        "poison_json": str(pj), "poison_json_sha256": sha256_file(pj)})
+                        "poison_json": str(pj), "poison_json_sha256": sha256_file(pj),
+                        "skipped": dict(sorted(skipped.items()))})
