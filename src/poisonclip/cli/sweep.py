@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table as RichTable
 
-from poisonclip.cli.common import App, console
+from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
 app = App(help="Sweeps: many trials (corpus -> poison -> train -> eval) from one YAML spec, resumable.")
@@ -109,7 +110,7 @@ def status(
     for name, s in states.items():
         if s is State.failed and errors:
             err = read_json(sweep.trial(name) / ERROR_FILE) or {}
-            typer.echo(f"failed {name}: {err.get('type', '?')}: {err.get('message', '')}")
+            typer.echo(safe_text(f"failed {name}: {err.get('type', '?')}: {err.get('message', '')}"))
     interrupted = [n for n, s in states.items() if s is State.interrupted]
     if interrupted:
         console.print(f"interrupted (will rerun): {', '.join(interrupted)}")
@@ -155,7 +156,7 @@ def table(
     for c in cols:
         out.add_column(_MAIN.get(c, c.rsplit(".", 1)[-1]), no_wrap=c == "trial", overflow="fold")
     for _, row in df[cols].iterrows():
-        out.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+        out.add_row(*[f"{v:.4g}" if isinstance(v, float) else escape(safe_text(v)) for v in row])
     console.print(out)
 
 
