@@ -47,14 +47,20 @@ def run(
                                                        "trained models, reused by every sweep given the same "
                                                        "--cache (e.g. the Fig. 2 and Fig. 4 presets share "
                                                        "their corner models).")] = None,
+    force: Annotated[bool, typer.Option(help="Run SPEC in a sweep folder that holds another spec's trials: "
+                                             "that spec's results table moves to OUT/previous/ (nothing "
+                                             "is deleted).")] = False,
+    allow_custom_stages: Annotated[bool, typer.Option(
+        help="Trust SPEC: allow `stages: module:object` (imports and runs that Python code) and the "
+             "cluster parameters that become shell commands (slurm_setup, ...).")] = False,
 ) -> None:
     """Run every trial of SPEC not finished yet; safe to interrupt and rerun."""
     from poisonclip.experiments.progress import SweepProgress
-    from poisonclip.experiments.runner import LocalRunner, PoolRunner, cpu_count, prepare, run_sweep
+    from poisonclip.experiments.runner import LocalRunner, PoolRunner, cpu_count, prepare, run_sweep, sweep_lock
     from poisonclip.experiments.spec import load_spec
     from poisonclip.experiments.store import State, trial_state
 
-    sweep_spec = load_spec(spec)
+    sweep_spec = load_spec(spec, allow_custom_stages=allow_custom_stages)
     out = out or Path("runs") / sweep_spec.name
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -64,15 +70,24 @@ def run(
         from poisonclip.experiments.cluster import SubmititRunner
 
         the_runner = SubmititRunner(None if cluster is Cluster.auto else cluster.value, sweep_spec.cluster)
-        parallel = int(sweep_spec.cluster.get("slurm_array_parallelism", 8))
+        try:
+            parallel = int(sweep_spec.cluster.get("slurm_array_parallelism", 8))
+        except (TypeError, ValueError):
+            raise UserError(f"{spec}: cluster.slurm_array_parallelism: must be a whole number") from None
     else:
         the_runner, parallel = LocalRunner(), 1
-    sweep, trials = prepare(sweep_spec, out, rerun_changed=rerun_changed, cache=cache)
-    done = sum(trial_state(sweep, t) is State.done for t in trials)
-    console.print(f"sweep [bold]{sweep_spec.name}[/]: {len(trials)} trials, {done} already done -> {sweep.root}")
-    with SweepProgress(len(trials), done, parallel, console=console) as progress:
-        result = run_sweep(sweep_spec, out, the_runner, progress, retry_failed=retry_failed,
-                           rerun_changed=rerun_changed, cache=cache)
+
+    def note(msg: str) -> None:
+        console.print(safe_text(msg), markup=False, highlight=False)
+
+    with sweep_lock(out):
+        sweep, trials = prepare(sweep_spec, out, rerun_changed=rerun_changed, cache=cache, force=force, note=note)
+        done = sum(trial_state(sweep, t) is State.done for t in trials)
+        console.print(f"sweep [bold]{sweep_spec.name}[/]: {len(trials)} trials, {done} already done -> "
+                      f"{escape(safe_text(sweep.root))}")
+        with SweepProgress(len(trials), done, parallel, console=console) as progress:
+            result = run_sweep(sweep_spec, out, the_runner, progress, retry_failed=retry_failed,
+                               rerun_changed=rerun_changed, cache=cache, lock=False)
     failed = result.count("failed")
     console.print(f"{result.count('done')} trials run, {result.already_done} were done, "
                   f"{result.count('busy')} running elsewhere, {failed} failed")
