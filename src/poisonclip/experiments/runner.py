@@ -291,19 +291,23 @@ def sweep_lock(out: str | os.PathLike) -> Iterator[Path]:
     root = Path(out).resolve()
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    lock = root / SWEEP_LOCK_FILE
+    made_lock = not lock.exists()
     try:
-        with hold(root / SWEEP_LOCK_FILE, blocking=False) as held:
+        with hold(lock, blocking=False) as held:
             if not held:
                 raise UserError(f"{root}: another `poisonclip sweep run` is working on this sweep folder "
                                 f"(it holds {SWEEP_LOCK_FILE}); wait for it to end, or use another --out")
             yield root
     finally:
-        if created and {p.name for p in root.iterdir()} <= {SWEEP_LOCK_FILE}:
-            (root / SWEEP_LOCK_FILE).unlink(missing_ok=True)
-            try:
-                root.rmdir()
-            except OSError:
-                pass
+        # A start refused before the folder became a sweep folder leaves nothing of ours behind.
+        if made_lock and not (root / SPEC_FILE).exists():
+            lock.unlink(missing_ok=True)
+            if created:
+                try:
+                    root.rmdir()
+                except OSError:
+                    pass
 
 
 def _owner(sweep: SweepDir, spec: SweepSpec, force: bool) -> str | None:
