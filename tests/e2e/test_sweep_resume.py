@@ -34,7 +34,7 @@ grid:
 
 
 def _sweep(spec: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}   # this tree's code
     cmd = [sys.executable, "-c", "from poisonclip.cli import main; main()",
            "sweep", "run", str(spec), "--out", str(out), "--no-report",
            "--allow-custom-stages"]

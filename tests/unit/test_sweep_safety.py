@@ -64,13 +64,6 @@ def test_force_moves_the_other_specs_table_aside_and_says_so(tmp_path):
     assert (out / "trials" / "n_poisons=5" / "metrics.json").is_file()           # trial folders stay
 
 
-def test_a_non_empty_folder_that_is_no_sweep_is_refused(tmp_path):
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(UserError, match="not a sweep folder"):
-        run_sweep(spec(), tmp_path, LocalRunner(FakeStages()))
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
 def test_cli_refuses_two_specs_in_one_folder_with_one_line(tmp_path):
     for name in ("a", "b"):
         (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nstages: {FAKE}\nbaseline: false\n"

@@ -312,17 +312,11 @@ def sweep_lock(out: str | os.PathLike) -> Iterator[Path]:
 
 def _owner(sweep: SweepDir, spec: SweepSpec, force: bool) -> str | None:
     """The name of another spec that owns the sweep folder (to archive, with ``force``), or
-    None when the folder is new, empty or already this spec's. Refuses otherwise."""
+    None when the folder holds no spec yet or this spec's. Refuses otherwise."""
     from poisonclip.experiments.spec import read_spec_name
 
-    if not sweep.root.is_dir():
-        return None
     spec_file = sweep.root / SPEC_FILE
     if not spec_file.is_file():
-        own = {SWEEP_LOCK_FILE, CACHE_DIR}
-        if any(p.name not in own for p in sweep.root.iterdir()):
-            raise UserError(f"{sweep.root}: not empty and not a sweep folder (no {SPEC_FILE}); "
-                            "use a new or empty --out")
         return None
     old = read_spec_name(spec_file)
     if old == spec.name:
