@@ -90,6 +90,10 @@ def test_a_held_sweep_lock_refuses_a_second_run(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".sweep.lock"]     # nothing written meanwhile
     res = run_sweep(spec(), out, LocalRunner(FakeStages()))               # released: runs
     assert [o.state for o in res.outcomes] == ["done", "done"]
+    with hold(out / ".sweep.lock"):
+        r = runner.invoke(app, ["sweep", "status", str(out)])
+    assert r.exit_code == 0 and "is working on this folder now" in r.output
+    assert "working on this folder" not in runner.invoke(app, ["sweep", "status", str(out)]).output
 
 
 def test_the_lock_is_held_by_another_process_too(tmp_path):

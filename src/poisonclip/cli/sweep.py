@@ -107,7 +107,8 @@ def status(
     errors: Annotated[bool, typer.Option(help="Print each failure's error message.")] = True,
 ) -> None:
     """Done / running / failed / pending trials, with the error of each failure."""
-    from poisonclip.experiments.store import ERROR_FILE, State, SweepDir, read_json, trial_state
+    from poisonclip.experiments.locks import is_held
+    from poisonclip.experiments.store import ERROR_FILE, SWEEP_LOCK_FILE, State, SweepDir, read_json, trial_state
 
     sweep = SweepDir(sweep_dir.resolve())
     trials = sweep.load_trials()
@@ -119,6 +120,8 @@ def status(
     for s in State:
         table.add_row(s.value, str(counts[s]))
     console.print(table)
+    if is_held(sweep.root / SWEEP_LOCK_FILE):
+        console.print("a `poisonclip sweep run` is working on this folder now")
     running = [n for n, s in states.items() if s is State.running]
     if running:
         console.print("running: " + ", ".join(running))

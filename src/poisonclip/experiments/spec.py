@@ -217,8 +217,8 @@ def _check_cluster(cluster: Mapping[str, Any], source: str, allow_code: bool) ->
 
 def read_spec_name(path: str | os.PathLike) -> str | None:
     """The ``name`` recorded in a sweep folder's spec.yaml (None if unreadable)."""
-    try:
-        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506
+    try:   # our own file (safe_dump); only its name is read, so shared nodes are never expanded
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     name = raw.get("name") if isinstance(raw, dict) else None
