@@ -285,3 +285,15 @@ def test_error_lines_escape_control_characters(capsys):
     exit_ = fail("bad key 'x\x1b[31m'\nsecond line")
     assert capsys.readouterr().err == "error: bad key 'x\\x1b[31m'\\nsecond line\n"
     assert exit_.exit_code == 2
+
+
+def test_caption_set_out_never_replaces_another_file(tmp_path):
+    tiny = make_tiny(tmp_path / "d", n=24)
+    table = tiny.csv.read_bytes()
+    line = _one_line_error(_run("poison", "captions", tiny.csv, "--label", "star", "--out", tiny.csv))
+    assert "not a poisonclip caption set" in line and tiny.csv.read_bytes() == table
+    saved = tmp_path / "star.json"
+    for _ in range(2):                      # an earlier caption set is replaced
+        r = _run("poison", "captions", tiny.csv, "--label", "star", "--out", saved)
+        assert r.exit_code == 0, r.output
+    assert json.loads(saved.read_text())["captions"]

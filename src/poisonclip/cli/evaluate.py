@@ -101,6 +101,15 @@ def compare_command(
     from poisonclip.evaluate.api import compare, load_metrics
     from poisonclip.io_utils import atomic_write_json
 
+    if json_out is not None and json_out.exists():   # replace only an earlier comparison
+        import json
+
+        try:
+            old = json.loads(json_out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and {"poisoned", "clean", "accuracy_tests"} <= set(old)):
+            raise UserError(f"--json {json_out}: exists and is not an eval-compare result; choose another file")
     res = compare(load_metrics(poisoned), load_metrics(clean), alpha)
     t = Table(title="poisoned vs clean models", title_justify="left")
     t.add_column("metric")

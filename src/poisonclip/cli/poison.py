@@ -228,6 +228,13 @@ def captions(
 
     if n is not None and n <= 0:
         raise UserError(f"--n: must be positive, got {n}")
+    if out is not None and out.exists():   # replace only a caption set, never a table or anything else
+        from poisonclip.attacks.captions import load_caption_set
+
+        try:
+            load_caption_set(out)
+        except UserError:
+            raise UserError(f"--out {out}: exists and is not a poisonclip caption set; choose another file") from None
     cfg = CaptionSetConfig(label=label, source=source, data=data, plurals=not no_plurals, n=n, seed=seed,
                            img_key=img_key, caption_key=caption_key, csv_sep=_sep(csv_sep))
     with console.status("building caption set..."):
