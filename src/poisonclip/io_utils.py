@@ -1,7 +1,10 @@
-"""Atomic file and folder writes, and content hashes.
+"""Atomic file and folder writes, what an output may replace, and content hashes.
 
 Every output of the project goes through here so an interrupted run never leaves a file or
 dataset that looks complete but is not: data is written to a temporary sibling and renamed.
+``check_out`` is the one rule for what a command may replace (docs/safety.md): only an
+earlier output of the same kind (``OutputKind``: its completion file present), never the
+working or home directory, never the command's own input.
 """
 
 from __future__ import annotations
