@@ -115,7 +115,7 @@ def report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
     spec = parse_spec({"name": "browser", "stages": "tests.sweep_fakes:FakeStages", "grid": [
         {"poison.n_poisons": [5, 20], "poison.placement": ["corner", "random"], "seed": [0, 1]},
-        {"poison.patch_size": [8, 32], "seed": [0, 1]}]})
+        {"poison.patch_size": [8, 32], "seed": [0, 1]}]}, allow_custom_stages=True)
     run_sweep(spec, root / "s", LocalRunner(FakeStages()))
     return build_report(root / "s").html
 

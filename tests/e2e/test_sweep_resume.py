@@ -34,9 +34,10 @@ grid:
 
 
 def _sweep(spec: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}   # this tree's code
     cmd = [sys.executable, "-c", "from poisonclip.cli import main; main()",
-           "sweep", "run", str(spec), "--out", str(out), "--no-report"]
+           "sweep", "run", str(spec), "--out", str(out), "--no-report",
+           "--allow-custom-stages"]
     return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -94,7 +95,7 @@ def test_kill_9_mid_trial_then_resume(tmp_path):
         assert {p.name for p in (out / "cache" / kind).iterdir() if p.is_dir()} == markers
 
     # and the numbers are those of a sweep that was never interrupted
-    clean = run_sweep(load_spec(spec), tmp_path / "uninterrupted", LocalRunner(FakeStages()))
+    clean = run_sweep(load_spec(spec, allow_custom_stages=True), tmp_path / "uninterrupted", LocalRunner(FakeStages()))
     ref = ResultsStore(clean.sweep.db).frame()
     cols = [c for c in ref.columns if c.startswith(("poisoned.", "clean."))]
     a = df.sort_values("trial")[["trial", *cols]].reset_index(drop=True)

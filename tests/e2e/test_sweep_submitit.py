@@ -28,7 +28,7 @@ def test_submitit_local_executor_runs_every_trial_as_a_job(tmp_path, monkeypatch
     monkeypatch.setenv("PYTHONPATH", str(ROOT))    # the job processes import the stand-in stages
     spec = parse_spec({"name": "cluster", "stages": "tests.sweep_fakes:FakeStages",
                        "grid": {"poison.n_poisons": [5, 20], "seed": [0, 1]},
-                       "cluster": {"timeout_min": 10}})
+                       "cluster": {"timeout_min": 10}}, allow_custom_stages=True)
     runner = SubmititRunner(cluster="local", parameters=spec.cluster, poll_s=0.2)
     res = run_sweep(spec, tmp_path / "s", runner)
     assert sorted(o.state for o in res.outcomes) == ["done"] * 4
@@ -50,7 +50,7 @@ def test_submitit_local_executor_runs_every_trial_as_a_job(tmp_path, monkeypatch
 def test_a_job_that_dies_outside_the_trial_is_reported_as_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     spec = parse_spec({"name": "broken", "stages": "tests.sweep_fakes:NoSuchStages",
-                       "grid": {"seed": [0]}})
+                       "grid": {"seed": [0]}}, allow_custom_stages=True)
     res = run_sweep(spec, tmp_path / "s", SubmititRunner(cluster="local", poll_s=0.2),
                     stages=FakeStages())
     (outcome,) = res.outcomes

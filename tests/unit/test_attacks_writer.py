@@ -187,9 +187,17 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tiny, tmp_path)
     (out / "keep").write_text("x")
     with pytest.raises(UserError, match="already exists"):
         _backdoor(tiny, out)
-    assert (out / "keep").exists()
-    _backdoor(tiny, out, overwrite=True)
-    assert not (out / "keep").exists() and (out / "poison.json").is_file()
+    with pytest.raises(UserError, match="not a poisoned dataset"):   # --overwrite replaces only poisonclip's
+        _backdoor(tiny, out, overwrite=True)
+    assert (out / "keep").read_text() == "x"
+    (out / "keep").unlink()
+    out.rmdir()
+    _backdoor(tiny, out)                         # a previous poisoned set ...
+    (out / "stale").write_text("x")
+    with pytest.raises(UserError, match="already exists"):
+        _backdoor(tiny, out)
+    _backdoor(tiny, out, overwrite=True)         # ... is what --overwrite replaces
+    assert not (out / "stale").exists() and (out / "poison.json").is_file()
 
 
 def test_no_partial_folder_after_a_failure_inside_the_writer(tmp_path):

@@ -23,7 +23,7 @@ def test_run_status_table_report(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     out = tmp_path / "s"
-    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(out), "--no-report"])
+    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(out), "--no-report", "--allow-custom-stages"])
     assert r.exit_code == 1, r.output           # two trials fail: the command says so
     assert "2 trials run" in r.output and "2 failed" in r.output
     r = runner.invoke(app, ["sweep", "status", str(out)])
@@ -43,7 +43,7 @@ def test_run_status_table_report(tmp_path):
     assert r.exit_code == 0, r.output
     assert (out / "report" / "report.html").is_file()
     # rerun: finished trials are skipped, failed ones retried (and fail again)
-    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(out), "--no-report"])
+    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(out), "--no-report", "--allow-custom-stages"])
     assert "4 trials, 2 already done" in r.output and "2 failed" in r.output
 
 
@@ -52,7 +52,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     assert r.exit_code == 2 and "sweep spec not found" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages: tests.sweep_fakes:FakeStages\ngrid:\n  poison.n_poisons: 5\n")
-    r = runner.invoke(app, ["sweep", "run", str(bad), "--out", str(tmp_path / "o")])
+    r = runner.invoke(app, ["sweep", "run", str(bad), "--out", str(tmp_path / "o"), "--allow-custom-stages"])
     assert r.exit_code == 2 and "grid.poison.n_poisons: must be a non-empty list" in r.output
     r = runner.invoke(app, ["sweep", "status", str(tmp_path)])
     assert r.exit_code == 2 and "not a sweep folder" in r.output
@@ -63,6 +63,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     (tmp_path / "file").write_text("x")
-    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "file")])
+    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "file"),
+                                  "--allow-custom-stages"])
     assert r.exit_code == 2 and "is not a folder" in r.output
     assert not (tmp_path / "c").exists()

@@ -95,7 +95,7 @@ def fake_sweep(tmp_path_factory):
         {"corpus.n_train": [100, 400], "seed": [0, 1]},
         {"train.model": ["small", "big"], "seed": [0, 1]},
         {"poison.patch_size": [8, 32], "seed": [0, 1]},
-    ]})
+    ]}, allow_custom_stages=True)
     run_sweep(spec, root, LocalRunner(FakeStages()))
     return root
 
@@ -120,7 +120,8 @@ def test_report_draws_each_figure_whose_axis_the_sweep_has(fake_sweep, tmp_path)
 
 
 def test_report_on_a_sweep_with_one_axis_only_draws_what_applies(tmp_path):
-    spec = parse_spec({"name": "seeds", "stages": FAKE, "grid": {"poison.patch_size": [8, 16], "seed": [0, 1]}})
+    spec = parse_spec({"name": "seeds", "stages": FAKE, "grid": {"poison.patch_size": [8, 16], "seed": [0, 1]}},
+                      allow_custom_stages=True)
     run_sweep(spec, tmp_path / "s", LocalRunner(FakeStages()))
     res = build_report(tmp_path / "s")
     assert set(res.figures) == {"fig6_zscore_vs_patch_size", "fig3_similarity", "clean_accuracy"}

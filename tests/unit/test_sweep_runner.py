@@ -19,7 +19,7 @@ FAKE = "tests.sweep_fakes:FakeStages"
 def spec(**over):
     raw = {"name": "t", "stages": FAKE, "grid": {"poison.n_poisons": [5, 20], "seed": [0, 1]}}
     raw.update(over)
-    return parse_spec(raw)
+    return parse_spec(raw, allow_custom_stages=True)
 
 
 def test_each_artefact_is_built_once_and_every_trial_recorded(tmp_path):

@@ -16,7 +16,7 @@ def spec(**over):
     raw = {"name": "t", "stages": FAKE, "poison": {"attack": "backdoor"},
            "grid": {"poison.n_poisons": [5, 20], "seed": [0, 1]}}
     raw.update(over)
-    return parse_spec(raw)
+    return parse_spec(raw, allow_custom_stages=True)
 
 
 def test_grid_expands_to_the_product_with_seed_written_into_every_seed_field():
@@ -102,7 +102,7 @@ def test_load_spec_reports_bad_yaml_and_missing_file(tmp_path):
         load_spec(bad)
     good = tmp_path / "my-sweep.yaml"
     good.write_text(f"stages: {FAKE}\ngrid:\n  seed: [0, 1]\n")
-    s = load_spec(good)
+    s = load_spec(good, allow_custom_stages=True)
     assert s.name == "my-sweep" and s.axes == ("seed",)
-    assert parse_spec(s.to_dict()) == parse_spec(s.to_dict())
-    assert parse_spec(s.to_dict(), source=s.source, default_name="x").grids == s.grids
+    assert parse_spec(s.to_dict(), allow_custom_stages=True) == parse_spec(s.to_dict(), allow_custom_stages=True)
+    assert parse_spec(s.to_dict(), source=s.source, default_name="x", allow_custom_stages=True).grids == s.grids

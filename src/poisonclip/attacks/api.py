@@ -22,7 +22,7 @@ from poisonclip.attacks.captions import CaptionSet, CaptionSource, build_caption
 from poisonclip.attacks.plan import Plan, rng_for
 from poisonclip.attacks.registry import ATTACKS
 from poisonclip.attacks.targeted import TargetedConfig, TargetSpec
-from poisonclip.attacks.writer import POISON_JSON, PoisonResult, write_poisoned
+from poisonclip.attacks.writer import POISON_JSON, PoisonResult, _check_out, write_poisoned
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.errors import UserError
 
@@ -39,9 +39,7 @@ def plan(cfg: AttackConfig) -> Plan:
 
 def poison(cfg: AttackConfig) -> PoisonResult:
     """Plan the attack and write the poisoned dataset folder ``cfg.out`` atomically."""
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:  # before any expensive work
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    out = _check_out(cfg.out, cfg.overwrite, cfg.data, getattr(cfg, "target_source", None))  # before any expensive work
     return write_poisoned(plan(cfg), out, overwrite=cfg.overwrite)
 
 

@@ -39,13 +39,16 @@ from poisonclip.data.csv_io import (OPEN_CLIP_CAPTION_KEY, OPEN_CLIP_IMG_KEY, ch
 from poisonclip.data.sample import CorruptSample, Sample, SkipReport, check_image_file, decode_image, encode_image
 from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes
 from poisonclip.errors import UserError
-from poisonclip.io_utils import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_bytes
+from poisonclip.io_utils import (OutputKind, atomic_dir, atomic_write_bytes, atomic_write_json, check_out,
+                                 input_paths, sha256_bytes)
 
 POISON_JSON = "poison.json"
 POISON_IMAGES = "poison_images"
 TRAIN_TABLE = "train.tsv"
 TARGETS_DIR = "targets"
 FORMAT_VERSION = 1
+# What `--overwrite` may replace: a folder holding a valid poison.json (written last).
+POISONED_KIND = OutputKind("poisoned dataset", ((POISON_JSON, ("attack", "dataset_type", "train_data")),))
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,11 @@ def render_all(plan: Plan) -> list[tuple[Sample, ManifestRow]]:
 
 # --------------------------------------------------------------------------- layout checks
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+def _check_out(out: str | os.PathLike, overwrite: bool, *datasets: str | None) -> Path:
+    """``out`` may be written: not a dataset read (nor its folder), and only a previous poisoned
+    set is ever replaced (``io_utils.check_out``). Returns it absolute."""
+    inputs = [p for d in datasets if d for p in input_paths(d)]
+    return check_out(out, POISONED_KIND, overwrite=overwrite, inputs=inputs)
 
 
 @dataclass(frozen=True)
@@ -257,14 +262,13 @@ def _write_csv(plan: Plan, rendered: list[tuple[Sample, ManifestRow]], tmp: Path
 
 def write_poisoned(plan: Plan, out: str | os.PathLike, overwrite: bool = False) -> PoisonResult:
     """Write the poisoned dataset folder ``out`` for ``plan`` (all or nothing)."""
-    out = Path(os.path.abspath(out))
-    _check_out(out, overwrite)
+    out = _check_out(out, overwrite, plan.dataset)
     kind = dataset_kind(plan.dataset)
     report, reading = SkipReport(), SkipReport()
     reading.update(plan.skipped)
     layout = _wds_layout(plan, out, reading) if kind == "webdataset" else None
     rendered = render_all(plan)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind=POISONED_KIND, inputs=input_paths(plan.dataset)) as tmp:
         for t in plan.targets:
             atomic_write_bytes(tmp / TARGETS_DIR / f"{t.id}.png", t.png)
         if layout is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import unicodedata
 from typing import Any, Callable
 
 import typer
@@ -14,9 +15,32 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
+# Bidirectional-text controls (Cf): they reorder what the terminal shows ("Trojan source").
+_BIDI = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+
+
+def safe_text(text: object) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\r``, ``\\n``).
+
+    Captions, keys, labels and file names come from scraped data; printed raw, an escape
+    sequence in one of them would clear the screen, move the cursor or rewrite earlier lines
+    of the terminal. Use this on anything dataset-derived before it is printed.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c in _BIDI or unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            out.append(c.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def fail(message: str) -> typer.Exit:
     """Print one plain line on stderr (never wrapped by rich) and return Exit(2) to raise."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {safe_text(message)}", err=True)
     return typer.Exit(code=2)
 
 

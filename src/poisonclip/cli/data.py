@@ -8,8 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from poisonclip.cli.common import App, console
+from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
+from poisonclip.io_utils import OutputKind
+
+CONVERT_FILE = "convert.json"
+# What `data convert --overwrite` may replace: a folder holding a valid convert.json (written last).
+CONVERTED_KIND = OutputKind("converted dataset (`poisonclip data convert`)",
+                            ((CONVERT_FILE, ("converter", "source", "format", "n_samples")),))
 
 app = App(help="Datasets: generate the embedded corpus, inspect or convert CSV/WebDataset data.")
 
@@ -60,7 +66,7 @@ def info(
 
     report = SkipReport()
     n = sum(1 for _ in read_dataset(source, CsvFormat(img_key, caption_key), report))
-    console.print(f"{n} readable samples; {report.summary()}")
+    console.print(safe_text(f"{n} readable samples; {report.summary()}"), markup=False, highlight=False)
 
 
 @app.command()
@@ -75,18 +81,28 @@ def convert(
 ) -> None:
     """Convert between CSV/TSV and WebDataset shards, keeping keys, captions and image bytes."""
     from poisonclip.data import CsvFormat, SkipReport, read_dataset, write_csv, write_shards
-    from poisonclip.io_utils import atomic_dir
+    from poisonclip.io_utils import atomic_dir, atomic_write_json, input_paths
 
     if to is Format.both:
         raise UserError("--to takes csv or webdataset")
     report = SkipReport()
-    samples = read_dataset(source, CsvFormat(img_key, caption_key), report)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    n = 0
+
+    def counted():
+        nonlocal n
+        for s in read_dataset(source, CsvFormat(img_key, caption_key), report):
+            n += 1
+            yield s
+
+    with atomic_dir(out, overwrite=overwrite, kind=CONVERTED_KIND, inputs=input_paths(source)) as tmp:
         if to is Format.csv:
-            write_csv(samples, tmp, name="train.tsv", report=report)
+            write_csv(counted(), tmp, name="train.tsv", report=report)
         else:
-            write_shards(samples, tmp, shard_size=shard_size, report=report)
-    console.print(f"wrote {out}; {report.summary()}")
+            write_shards(counted(), tmp, shard_size=shard_size, report=report)
+        atomic_write_json(tmp / CONVERT_FILE, {   # the completion marker, last
+            "converter": "poisonclip data convert", "source": str(source), "format": to.value,
+            "n_read": n, "skipped": dict(sorted(report.items()))})
+    console.print(safe_text(f"wrote {out}; {report.summary()}"), markup=False, highlight=False)
 
 
 def register(root: App) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from poisonclip.cli.common import App, console
+from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
 
@@ -38,7 +39,7 @@ def _metrics_table(m: dict[str, Any]) -> Table:
         t.add_row("  as target without trigger", _pct(base["zeroshot"]), _pct(base.get("probe")))
         for name, z in bd["zscore"].items():
             if z["z"] is None:
-                t.add_row(f"z-score, trigger {which(name, z['placement'])}", f"undefined: {z['note']}", "")
+                t.add_row(f"z-score, trigger {which(name, z['placement'])}", escape(safe_text(f"undefined: {z['note']}")), "")
                 continue
             t.add_row(f"z-score, trigger {which(name, z['placement'])}",
                       f"{z['z']:.2f} ({z['mean_triggered']:.3f} vs {z['mean_clean']:.3f} "
@@ -50,7 +51,7 @@ def _metrics_table(m: dict[str, Any]) -> Table:
         for row in tg["targets"]:
             cells = [f"{'hit' if row[h]['success'] else 'miss'} (rank {row[h]['rank']}, as {row[h]['predicted']})"
                      if h in row else "-" for h in ("zeroshot", "probe")]
-            t.add_row(f"  {row['id']} -> {row['label']}", *cells)
+            t.add_row(escape(safe_text(f"  {row['id']} -> {row['label']}")), *cells)
     return t
 
 
@@ -100,6 +101,15 @@ def compare_command(
     from poisonclip.evaluate.api import compare, load_metrics
     from poisonclip.io_utils import atomic_write_json
 
+    if json_out is not None and json_out.exists():   # replace only an earlier comparison
+        import json
+
+        try:
+            old = json.loads(json_out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and {"poisoned", "clean", "accuracy_tests"} <= set(old)):
+            raise UserError(f"--json {json_out}: exists and is not an eval-compare result; choose another file")
     res = compare(load_metrics(poisoned), load_metrics(clean), alpha)
     t = Table(title="poisoned vs clean models", title_justify="left")
     t.add_column("metric")

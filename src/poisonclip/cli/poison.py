@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from poisonclip.attacks.captions import CaptionSource
 from poisonclip.attacks.triggers import Placement
-from poisonclip.cli.common import App, console
+from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
 app = App(help="Poison a dataset: targeted poisoning or a backdoor, with a ground-truth manifest.")
@@ -39,22 +40,25 @@ def _sep(value: Optional[str]) -> Optional[str]:
 
 def _summary(result) -> None:
     t = Table(show_header=False, box=None)
-    t.add_row("attack", result.attack)
-    t.add_row("folder", str(result.out))
+    t.add_row("attack", escape(safe_text(result.attack)))
+    t.add_row("folder", escape(safe_text(result.out)))
     t.add_row("format", result.dataset_type)
     t.add_row("poisons", f"{result.n_poisons} of {result.num_samples} samples "
                          f"(ratio {result.n_poisons / result.num_samples:.3g})")
     if result.skipped:
-        t.add_row("clean rows dropped", ", ".join(f"{k}={v}" for k, v in sorted(result.skipped.items())))
+        t.add_row("clean rows dropped", _counts(result.skipped))
     if result.skipped_reading:
-        t.add_row("unusable samples met",
-                  ", ".join(f"{k}={v}" for k, v in sorted(result.skipped_reading.items())))
+        t.add_row("unusable samples met", _counts(result.skipped_reading))
     console.print(t)
     cmd = shlex.join(["python", "-m", "open_clip_train.main", "--train-data", result.train_data,
                       "--dataset-type", result.dataset_type])
     if result.dataset_type == "csv":  # open_clip's defaults, except that bash needs $'\t' for a tab
         cmd += " --csv-separator $'\\t' --csv-img-key filepath --csv-caption-key title"
-    console.print(f"train with: {cmd}", soft_wrap=True, markup=False, highlight=False)
+    console.print(safe_text(f"train with: {cmd}"), soft_wrap=True, markup=False, highlight=False)
+
+
+def _counts(report: dict) -> str:
+    return escape(safe_text(", ".join(f"{k}={v}" for k, v in sorted(report.items()))))
 
 
 # Options shared by both attacks.
@@ -242,24 +246,31 @@ def captions(
 
     if n is not None and n <= 0:
         raise UserError(f"--n: must be positive, got {n}")
+    if out is not None and out.exists():   # replace only a caption set, never a table or anything else
+        from poisonclip.attacks.captions import load_caption_set
+
+        try:
+            load_caption_set(out)
+        except UserError:
+            raise UserError(f"--out {out}: exists and is not a poisonclip caption set; choose another file") from None
     cfg = CaptionSetConfig(label=label, source=source, data=data, plurals=not no_plurals, n=n, seed=seed,
                            img_key=img_key, caption_key=caption_key, csv_sep=_sep(csv_sep))
     with console.status("building caption set..."):
         cs, sized = caption_set(cfg)
     if cs.source == CaptionSource.search.value:
-        console.print(f"{len(cs)} distinct captions ({cs.n_matched} matches) name {label!r} "
-                      f"among {cs.n_scanned} captions", markup=False, highlight=False)
+        console.print(safe_text(f"{len(cs)} distinct captions ({cs.n_matched} matches) name {label!r} "
+                                f"among {cs.n_scanned} captions"), markup=False, highlight=False)
     else:
-        console.print(f"{len(cs)} template captions for {label!r}", markup=False, highlight=False)
+        console.print(safe_text(f"{len(cs)} template captions for {label!r}"), markup=False, highlight=False)
     shown = sized if sized is not None else list(cs.captions)
     t = Table("#", "caption", title=f"first {min(show, len(shown))} of {len(shown)}"
               + (" (sized)" if sized is not None else ""))
     for i, c in enumerate(shown[:max(show, 0)]):
-        t.add_row(str(i), c.replace("[", "\\["))
+        t.add_row(str(i), escape(safe_text(c)))
     console.print(t)
     if out is not None:
         save_caption_set(cs, out)
-        console.print(f"saved {len(cs)} captions to {out}", markup=False, highlight=False)
+        console.print(safe_text(f"saved {len(cs)} captions to {out}"), markup=False, highlight=False)
 
 
 def list_command(

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table as RichTable
 
-from poisonclip.cli.common import App, console
+from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
 app = App(help="Sweeps: many trials (corpus -> poison -> train -> eval) from one YAML spec, resumable.")
@@ -46,14 +47,20 @@ def run(
                                                        "trained models, reused by every sweep given the same "
                                                        "--cache (e.g. the Fig. 2 and Fig. 4 presets share "
                                                        "their corner models).")] = None,
+    force: Annotated[bool, typer.Option(help="Run SPEC in a sweep folder that holds another spec's trials: "
+                                             "that spec's results table moves to OUT/previous/ (nothing "
+                                             "is deleted).")] = False,
+    allow_custom_stages: Annotated[bool, typer.Option(
+        help="Trust SPEC: allow `stages: module:object` (imports and runs that Python code) and the "
+             "cluster parameters that become shell commands (slurm_setup, ...).")] = False,
 ) -> None:
     """Run every trial of SPEC not finished yet; safe to interrupt and rerun."""
     from poisonclip.experiments.progress import SweepProgress
-    from poisonclip.experiments.runner import LocalRunner, PoolRunner, cpu_count, prepare, run_sweep
+    from poisonclip.experiments.runner import LocalRunner, PoolRunner, cpu_count, prepare, run_sweep, sweep_lock
     from poisonclip.experiments.spec import load_spec
     from poisonclip.experiments.store import State, trial_state
 
-    sweep_spec = load_spec(spec)
+    sweep_spec = load_spec(spec, allow_custom_stages=allow_custom_stages)
     out = out or Path("runs") / sweep_spec.name
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -63,15 +70,24 @@ def run(
         from poisonclip.experiments.cluster import SubmititRunner
 
         the_runner = SubmititRunner(None if cluster is Cluster.auto else cluster.value, sweep_spec.cluster)
-        parallel = int(sweep_spec.cluster.get("slurm_array_parallelism", 8))
+        try:
+            parallel = int(sweep_spec.cluster.get("slurm_array_parallelism", 8))
+        except (TypeError, ValueError):
+            raise UserError(f"{spec}: cluster.slurm_array_parallelism: must be a whole number") from None
     else:
         the_runner, parallel = LocalRunner(), 1
-    sweep, trials = prepare(sweep_spec, out, rerun_changed=rerun_changed, cache=cache)
-    done = sum(trial_state(sweep, t) is State.done for t in trials)
-    console.print(f"sweep [bold]{sweep_spec.name}[/]: {len(trials)} trials, {done} already done -> {sweep.root}")
-    with SweepProgress(len(trials), done, parallel, console=console) as progress:
-        result = run_sweep(sweep_spec, out, the_runner, progress, retry_failed=retry_failed,
-                           rerun_changed=rerun_changed, cache=cache)
+
+    def note(msg: str) -> None:
+        console.print(safe_text(msg), markup=False, highlight=False)
+
+    with sweep_lock(out):
+        sweep, trials = prepare(sweep_spec, out, rerun_changed=rerun_changed, cache=cache, force=force, note=note)
+        done = sum(trial_state(sweep, t) is State.done for t in trials)
+        console.print(f"sweep [bold]{sweep_spec.name}[/]: {len(trials)} trials, {done} already done -> "
+                      f"{escape(safe_text(sweep.root))}")
+        with SweepProgress(len(trials), done, parallel, console=console) as progress:
+            result = run_sweep(sweep_spec, out, the_runner, progress, retry_failed=retry_failed,
+                               rerun_changed=rerun_changed, cache=cache, lock=False)
     failed = result.count("failed")
     console.print(f"{result.count('done')} trials run, {result.already_done} were done, "
                   f"{result.count('busy')} running elsewhere, {failed} failed")
@@ -91,7 +107,8 @@ def status(
     errors: Annotated[bool, typer.Option(help="Print each failure's error message.")] = True,
 ) -> None:
     """Done / running / failed / pending trials, with the error of each failure."""
-    from poisonclip.experiments.store import ERROR_FILE, State, SweepDir, read_json, trial_state
+    from poisonclip.experiments.locks import is_held
+    from poisonclip.experiments.store import ERROR_FILE, SWEEP_LOCK_FILE, State, SweepDir, read_json, trial_state
 
     sweep = SweepDir(sweep_dir.resolve())
     trials = sweep.load_trials()
@@ -103,13 +120,15 @@ def status(
     for s in State:
         table.add_row(s.value, str(counts[s]))
     console.print(table)
+    if is_held(sweep.root / SWEEP_LOCK_FILE):
+        console.print("a `poisonclip sweep run` is working on this folder now")
     running = [n for n, s in states.items() if s is State.running]
     if running:
         console.print("running: " + ", ".join(running))
     for name, s in states.items():
         if s is State.failed and errors:
             err = read_json(sweep.trial(name) / ERROR_FILE) or {}
-            typer.echo(f"failed {name}: {err.get('type', '?')}: {err.get('message', '')}")
+            typer.echo(safe_text(f"failed {name}: {err.get('type', '?')}: {err.get('message', '')}"))
     interrupted = [n for n, s in states.items() if s is State.interrupted]
     if interrupted:
         console.print(f"interrupted (will rerun): {', '.join(interrupted)}")
@@ -155,7 +174,7 @@ def table(
     for c in cols:
         out.add_column(_MAIN.get(c, c.rsplit(".", 1)[-1]), no_wrap=c == "trial", overflow="fold")
     for _, row in df[cols].iterrows():
-        out.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+        out.add_row(*[f"{v:.4g}" if isinstance(v, float) else escape(safe_text(v)) for v in row])
     console.print(out)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from poisonclip.cli.common import App, console, err_console
+from poisonclip.cli.common import App, console, err_console, safe_text
 from poisonclip.train.presets import DEFAULT_PRESET, PRESETS
 
 Preset = Enum("Preset", {name.replace("-", "_"): name for name in PRESETS}, type=str)
@@ -89,7 +89,7 @@ def train_cmd(
         with RichReporter(console, verbose=verbose) as reporter:
             res = train(cfg, on_event=reporter)
     except TrainingFailed as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(safe_text(f"error: {e}"), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     if res.skipped:
         console.print(f"already trained for {cfg.epochs} epochs, nothing to do: {res.run_dir}", highlight=False)

@@ -15,12 +15,14 @@ from poisonclip.data.csv_io import write_csv
 from poisonclip.data.evalset import write_labelled_csv
 from poisonclip.data.synthetic import SynthConfig, generate
 from poisonclip.data.wds_io import write_shards
-from poisonclip.io_utils import atomic_dir, atomic_write_json, sha256_file
+from poisonclip.io_utils import OutputKind, atomic_dir, atomic_write_json, sha256_file
 
 TRAIN_CSV = "train.tsv"
 TEST_CSV = "test.tsv"
 SHARDS_DIR = "shards"
 INFO_FILE = "corpus.json"
+# What `--overwrite` may replace: a folder holding a valid corpus.json (written last).
+CORPUS_KIND = OutputKind("synthetic corpus (`poisonclip data synth`)", ((INFO_FILE, ("generator", "n_train")),))
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def write_corpus(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, .
                  shard_size: int = 10_000, overwrite: bool = False) -> CorpusPaths:
     """Generate the corpus and write it atomically into ``out`` (all or nothing)."""
     corpus = generate(cfg)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind=CORPUS_KIND) as tmp:
         files = {}
         if "csv" in formats:
             files[TRAIN_CSV] = write_csv(corpus.train, tmp, name=TRAIN_CSV, extra_columns=("label",))

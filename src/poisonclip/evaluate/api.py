@@ -203,6 +203,23 @@ def _resolve_model(cfg: EvalConfig) -> tuple[str, Path]:
     return cfg.model, Path(cfg.checkpoint)
 
 
+def _check_metrics_out(out: Path, overwrite: bool) -> None:
+    """``out`` takes metrics.json: refused if one is there (unless ``overwrite``) or if the one
+    there is not poisonclip's (``--overwrite`` replaces only a previous evaluation's)."""
+    f = out / METRICS_FILE
+    if not os.path.lexists(f):
+        return
+    if not overwrite:
+        raise UserError(f"{f}: already exists; choose another --out or pass --overwrite")
+    try:
+        old = json.loads(f.read_text(encoding="utf-8")) if f.is_file() and not f.is_symlink() else None
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("schema") != SCHEMA:
+        raise UserError(f"{f}: not a metrics file written by `poisonclip eval` (schema {SCHEMA}); "
+                        "--overwrite replaces only those, so it is left untouched: choose another --out")
+
+
 def _validate(cfg: EvalConfig) -> None:
     if not 0 < cfg.probe_fraction < 1:
         raise UserError(f"--probe-fraction must be between 0 and 1, got {cfg.probe_fraction}")
@@ -221,8 +238,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     say = progress or (lambda _msg: None)
     _validate(cfg)
     out = Path(cfg.out)
-    if (out / METRICS_FILE).exists() and not cfg.overwrite:
-        raise UserError(f"{out / METRICS_FILE}: already exists; choose another --out or pass --overwrite")
+    _check_metrics_out(out, cfg.overwrite)
     model_name, ckpt = _resolve_model(cfg)
 
     report = SkipReport()
@@ -319,9 +335,14 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     if poison:
         result["poison"] = {"path": str(poison.path), "sha256": poison.sha256, "attack": poison.attack}
 
+    _check_metrics_out(out, cfg.overwrite)   # again: one may have appeared meanwhile
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / SIMILARITIES_FILE, _npz_bytes(arrays))
-    atomic_write_json(out / METRICS_FILE, result)
+    try:
+        atomic_write_json(out / METRICS_FILE, result, replace=cfg.overwrite)
+    except FileExistsError:
+        raise UserError(f"{out / METRICS_FILE}: appeared while this evaluation ran; left it untouched "
+                        "(choose another --out)") from None
     say(f"wrote {out / METRICS_FILE}")
     return result
 

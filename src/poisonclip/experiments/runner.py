@@ -17,16 +17,18 @@ held), and a shared artefact without its ``.done`` marker is rebuilt from scratc
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import time
 import traceback
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import yaml
 
@@ -34,8 +36,9 @@ from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
 from poisonclip.experiments.stages import Stages, load_stages
-from poisonclip.experiments.store import (CACHE_DIR, ERROR_FILE, LOCK_FILE, METRICS_FILE,
-                                          SPEC_FILE, START_FILE, ResultsStore, State, SweepDir,
+from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, LOCK_FILE,
+                                          METRICS_FILE, SPEC_FILE, START_FILE, SWEEP_LOCK_FILE,
+                                          TRIALS_DIR, TRIALS_FILE, ResultsStore, State, SweepDir,
                                           read_json, trial_state)
 from poisonclip.experiments.trials import Trial, expand
 from poisonclip.io_utils import atomic_write_json, atomic_write_text
@@ -277,10 +280,76 @@ class SweepResult:
         return sum(1 for o in self.outcomes if o.state == state)
 
 
+@contextmanager
+def sweep_lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the sweep folder's lock (``.sweep.lock``) for the block, or refuse at once.
+
+    One ``sweep run`` per folder: two would both write ``spec.yaml``, ``trials.json`` and the
+    results table. The lock is an flock, dropped by the kernel when its holder dies. A new
+    folder that ends up with nothing but the lock (a refused start) is removed again.
+    """
+    root = Path(out).resolve()
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / SWEEP_LOCK_FILE
+    made_lock = not lock.exists()
+    try:
+        with hold(lock, blocking=False) as held:
+            if not held:
+                raise UserError(f"{root}: another `poisonclip sweep run` is working on this sweep folder "
+                                f"(it holds {SWEEP_LOCK_FILE}); wait for it to end, or use another --out")
+            yield root
+    finally:
+        # A start refused before the folder became a sweep folder leaves nothing of ours behind.
+        if made_lock and not (root / SPEC_FILE).exists():
+            lock.unlink(missing_ok=True)
+            if created:
+                try:
+                    root.rmdir()
+                except OSError:
+                    pass
+
+
+def _owner(sweep: SweepDir, spec: SweepSpec, force: bool) -> str | None:
+    """The name of another spec that owns the sweep folder (to archive, with ``force``), or
+    None when the folder holds no spec yet or this spec's. Refuses otherwise."""
+    from poisonclip.experiments.spec import read_spec_name
+
+    spec_file = sweep.root / SPEC_FILE
+    if not spec_file.is_file():
+        return None
+    old = read_spec_name(spec_file)
+    if old == spec.name:
+        return None
+    if not force:
+        raise UserError(f"{sweep.root}: holds the trials of sweep spec {old!r}, not {spec.name!r}; a sweep "
+                        "folder belongs to one spec: use another --out, or pass --force to move that spec's "
+                        f"results table to {ARCHIVE_DIR}/ and run this spec here")
+    return old or "unnamed"
+
+
+def _archive(sweep: SweepDir, old: str) -> Path:
+    """Move another spec's spec.yaml, trials.json and results table aside (never deleted)."""
+    safe = re.sub(r"[^A-Za-z0-9._+=-]", "_", old).lstrip(".") or "unnamed"
+    dest = sweep.root / ARCHIVE_DIR / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    dest.mkdir(parents=True)
+    for name in (SPEC_FILE, TRIALS_FILE, DB_FILE):
+        if (sweep.root / name).exists():
+            os.replace(sweep.root / name, dest / name)
+    return dest
+
+
 def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = None,
-            rerun_changed: bool = False, cache: str | os.PathLike | None = None) -> tuple[SweepDir, list[Trial]]:
+            rerun_changed: bool = False, cache: str | os.PathLike | None = None, force: bool = False,
+            note: Callable[[str], None] | None = None) -> tuple[SweepDir, list[Trial]]:
     """Expand the spec, write ``spec.yaml`` and ``trials.json``, and refuse to mix results of
     a changed config into an existing folder unless asked to rerun them.
+
+    A sweep folder belongs to one spec (by ``name``): another spec's folder is refused unless
+    ``force``, which moves that spec's ``spec.yaml``, ``trials.json`` and results table to
+    ``previous/<name>-<time>/`` (its trial folders and cached artefacts stay; ``note`` is told).
+    Trials of this spec already in the folder with a different configuration are refused
+    unless ``rerun_changed``.
 
     ``cache``: a folder of shared artefacts (corpora, poisoned datasets, trained models) used
     by several sweeps, e.g. the paper's Fig. 2 and Fig. 4 presets, whose corner-placement models
@@ -289,6 +358,7 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
     stages = stages or load_stages(spec.stages)
     trials = expand(spec, stages.resolve, getattr(stages, "link", None))
     sweep = SweepDir(Path(out).resolve())
+    old_owner = _owner(sweep, spec, force)
     changed = []
     for t in trials:
         record = read_json(sweep.trial(t.name) / METRICS_FILE)
@@ -299,6 +369,12 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
                         f"(e.g. {changed[0]}); use a new --out, or pass --rerun-changed to redo them")
     if cache is not None:
         link_cache(sweep, Path(cache))   # checks first, so a refused --cache creates nothing
+    if old_owner is not None:
+        dest = _archive(sweep, old_owner)
+        (note or (lambda _m: None))(
+            f"{sweep.root} held sweep {old_owner!r}: its spec, trial list and results table are now in {dest}; "
+            f"its trial folders stay in {TRIALS_DIR}/ (a trial of the same name is rerun only with "
+            "--rerun-changed) and its cached artefacts are reused where they match")
     sweep.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep.root / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
     sweep.save_trials(trials)
@@ -327,9 +403,17 @@ def link_cache(sweep: SweepDir, cache: Path) -> None:
 def run_sweep(spec: SweepSpec, out: str | os.PathLike, runner: Runner | None = None,
               on_event: EventSink = no_events, stages: Stages | None = None,
               retry_failed: bool = True, rerun_changed: bool = False,
-              cache: str | os.PathLike | None = None) -> SweepResult:
-    """Run every trial of ``spec`` that is not done yet; returns what happened to each."""
-    sweep, trials = prepare(spec, out, stages, rerun_changed, cache)
+              cache: str | os.PathLike | None = None, force: bool = False,
+              note: Callable[[str], None] | None = None, lock: bool = True) -> SweepResult:
+    """Run every trial of ``spec`` that is not done yet; returns what happened to each.
+
+    ``lock``: hold the sweep folder's lock for the run (``sweep_lock``); False only when the
+    caller already holds it. ``force``, ``note``: see ``prepare``."""
+    if lock:
+        with sweep_lock(out):
+            return run_sweep(spec, out, runner, on_event, stages, retry_failed, rerun_changed, cache,
+                             force, note, lock=False)
+    sweep, trials = prepare(spec, out, stages, rerun_changed, cache, force, note)
     runner = runner or LocalRunner(stages)
     todo, done = [], 0
     for t in trials:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,6 +42,26 @@ DEFAULT_SEED_FIELDS = ("poison.seed", "train.seed")
 TOP_LEVEL = {"name", "description", "stages", "seed_fields", "baseline", "grid", "cluster",
              "report", *STAGES}
 SCALARS = (str, int, float, bool, type(None))
+DEFAULT_STAGES = "poisonclip"
+MAX_SPEC_BYTES = 1 << 20
+# A spec's name becomes a folder (runs/<name>) and a cluster job name: one plain path component.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
+_CLUSTER_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# submitit parameters whose values become shell commands in the job script: code, like stages.
+CLUSTER_CODE_KEYS = ("slurm_setup", "setup", "slurm_srun_args", "local_setup")
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few hundred bytes of nested
+    aliases expand to billions of nodes once anything walks the data (the "billion laughs")."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not allowed in a sweep "
+                                 "spec; write the values out")
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)
@@ -81,22 +102,33 @@ class SweepSpec:
         return out
 
 
-def load_spec(path: str | os.PathLike) -> SweepSpec:
-    """Read a sweep spec from YAML (``yaml.safe_load``: no code runs while parsing)."""
+def load_spec(path: str | os.PathLike, allow_custom_stages: bool = False) -> SweepSpec:
+    """Read a sweep spec from YAML: a safe loader (no Python objects) that also refuses
+    aliases, and a size cap, so reading a spec runs no code and cannot exhaust memory.
+    ``allow_custom_stages``: see ``parse_spec``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: sweep spec not found; give a YAML file (see configs/paper/)")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size} bytes; a sweep spec is at most {MAX_SPEC_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506 - safe subclass
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
-    return parse_spec(raw, source=str(path), default_name=path.stem)
+    default_name = re.sub(r"[^A-Za-z0-9._+=-]", "_", path.stem).lstrip("._+=-") or "sweep"
+    return parse_spec(raw, source=str(path), default_name=default_name, allow_custom_stages=allow_custom_stages)
 
 
-def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep") -> SweepSpec:
-    """Validate a spec given as plain data (the YAML's content)."""
+def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep",
+               allow_custom_stages: bool = False) -> SweepSpec:
+    """Validate a spec given as plain data (the YAML's content).
+
+    A spec is data, except two fields that are code: ``stages: module:object`` (imported and
+    called in every worker) and the shell-command parameters of ``cluster:``
+    (``CLUSTER_CODE_KEYS``). Both are refused unless ``allow_custom_stages`` says the spec
+    is trusted (``poisonclip sweep run --allow-custom-stages``)."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a sweep spec must be a mapping with stage sections and a grid")
     unknown = sorted(set(map(str, raw)) - TOP_LEVEL)
@@ -127,20 +159,70 @@ def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep") ->
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"{source}: name: must be a non-empty string")
+    name = name.strip()
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{source}: name: {json.dumps(name)} becomes a folder name (runs/<name>); use up to 128 "
+                        "letters, digits and . _ + = - (no '/', no '..', starting with a letter or digit)")
     for key in ("cluster", "report"):
         if not isinstance(raw.get(key) or {}, dict):
             raise UserError(f"{source}: {key}: must be a mapping")
+    cluster = dict(raw.get("cluster") or {})
+    _check_cluster(cluster, source, allow_custom_stages)
     baseline = raw.get("baseline", True)
     if not isinstance(baseline, bool):
         raise UserError(f"{source}: baseline: must be true or false (train clean models with the same seeds)")
-    stages = raw.get("stages", "poisonclip")
+    stages = raw.get("stages", DEFAULT_STAGES)
     if not isinstance(stages, str):
         raise UserError(f"{source}: stages: must be 'poisonclip' or 'module:object'")
-    return SweepSpec(name=name.strip(), base=base, grids=grids,
-                     description=str(raw.get("description") or ""), stages=stages,
+    if stages not in (DEFAULT_STAGES, "") and not allow_custom_stages:
+        raise UserError(f"{source}: stages: {json.dumps(stages)} imports and runs Python code named by the spec; "
+                        "run it only if you trust the spec, with --allow-custom-stages "
+                        "(library: allow_custom_stages=True)")
+    return SweepSpec(name=name, base=base, grids=grids,
+                     description=str(raw.get("description") or ""), stages=stages or DEFAULT_STAGES,
                      seed_fields=tuple(seed_fields), baseline=baseline,
-                     cluster=dict(raw.get("cluster") or {}), report=dict(raw.get("report") or {}),
+                     cluster=cluster, report=dict(raw.get("report") or {}),
                      source=source)
+
+
+def _check_cluster(cluster: Mapping[str, Any], source: str, allow_code: bool) -> None:
+    """``cluster:`` goes to submitit's ``update_parameters``: identifiers mapping to scalars,
+    lists of scalars, or one level of mapping to scalars; no control characters (a newline in a
+    value would start a new line of the job script)."""
+    def scalar_ok(v: Any, where: str) -> None:
+        if not isinstance(v, SCALARS):
+            raise UserError(f"{source}: {where}: must be a number, string or boolean, got {json.dumps(v, default=str)}")
+        if isinstance(v, str) and _CONTROL.search(v):
+            raise UserError(f"{source}: {where}: control characters (newlines, escapes) are not allowed")
+
+    for key, value in cluster.items():
+        if not isinstance(key, str) or not _CLUSTER_KEY.fullmatch(key):
+            raise UserError(f"{source}: cluster: {json.dumps(key, default=str)} is not a parameter name "
+                            "(letters, digits, _)")
+        where = f"cluster.{key}"
+        if key in CLUSTER_CODE_KEYS and not allow_code:
+            raise UserError(f"{source}: {where}: becomes shell commands in the job script; run it only if you "
+                            "trust the spec, with --allow-custom-stages (library: allow_custom_stages=True)")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str) or _CONTROL.search(k) or not k.strip():
+                    raise UserError(f"{source}: {where}: key {json.dumps(k, default=str)} is not a plain name")
+                scalar_ok(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                scalar_ok(v, f"{where}[{i}]")
+        else:
+            scalar_ok(value, where)
+
+
+def read_spec_name(path: str | os.PathLike) -> str | None:
+    """The ``name`` recorded in a sweep folder's spec.yaml (None if unreadable)."""
+    try:   # our own file (safe_dump); only its name is read, so shared nodes are never expanded
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _check_path(axis: str, source: str, where: str) -> None:

@@ -2,7 +2,9 @@
 
 Layout of a sweep folder::
 
-    spec.yaml            the spec as run (plain data)
+    spec.yaml            the spec as run (plain data); its name says which spec owns the folder
+    .sweep.lock          held by the `sweep run` working on the folder (one at a time)
+    previous/<name>-<time>/  spec, trials and table of another spec, moved there by --force
     trials.json          the expanded trials (what cluster jobs and ``status`` read)
     results.sqlite       one row per finished or failed trial: parameters + metrics
     cache/corpus/<key>.json      shared artefacts, by content key: the marker (written last)
@@ -52,6 +54,8 @@ METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
 START_FILE = "trial.json"
 LOCK_FILE = ".lock"
+SWEEP_LOCK_FILE = ".sweep.lock"
+ARCHIVE_DIR = "previous"
 
 
 class State(str, Enum):

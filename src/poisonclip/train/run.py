@@ -30,7 +30,7 @@ from typing import Callable
 
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.errors import UserError
-from poisonclip.io_utils import atomic_write_json
+from poisonclip.io_utils import OutputKind, atomic_write_json, check_out, check_place, input_paths
 from poisonclip.train import dataset as dataset_mod
 from poisonclip.train.dataset import TrainData
 from poisonclip.train.logparse import EpochStats, EpochStart, LogParser, Resumed, StepLog, summarize_file
@@ -44,6 +44,11 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST_CHECKPOINT = "epoch_latest.pt"
 PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
 LAUNCH_MODULE = "poisonclip.train.launch"
+# What `--overwrite` may delete: a finished run (run.json) or one this command started and
+# that stopped before the end (config.json as written below, never another tool's).
+RUN_KIND = OutputKind("training run (`poisonclip train`)",
+                      ((RUN_FILE, ("model", "checkpoint", "epochs", "train_data")),
+                       (CONFIG_FILE, ("config", "data", "placement", "command", "steps_per_epoch"))))
 
 
 @dataclass(frozen=True)
@@ -303,18 +308,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _looks_like_run(folder: Path) -> bool:
-    return any((folder / n).exists() for n in (CONFIG_FILE, RUN_FILE, LOG_FILE, CHECKPOINT_DIR))
-
-
-def _prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
+    inputs = [*input_paths(cfg.data), *input_paths(data.train_data)]
+    check_place(run_dir, inputs)   # never the working/home directory, never the data's folder
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: exists and is not a folder")
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return
     if cfg.overwrite:
-        if not _looks_like_run(run_dir):
-            raise UserError(f"--out {run_dir}: not empty and not a run folder; refusing to delete it")
+        check_out(run_dir, RUN_KIND, overwrite=True, inputs=inputs)   # only ever a poisonclip run
         shutil.rmtree(run_dir)
     elif not cfg.resume:
         raise UserError(f"--out {run_dir}: already holds a run; pass --resume to continue it "
@@ -474,7 +476,7 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
         done = _completed(run_dir, cfg.epochs) if cfg.resume else None
         if done is not None:
             return dataclasses.replace(_result(cfg, run_dir, done), skipped=True)
-        _prepare_run_dir(cfg, run_dir)
+        _prepare_run_dir(cfg, run_dir, data)
         if cfg.resume:
             _check_resume(cfg, run_dir, data)
         run_dir.mkdir(parents=True, exist_ok=True)
