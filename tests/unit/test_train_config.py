@@ -197,6 +197,29 @@ def test_bad_datasets_are_user_errors(tmp_path, table):
         dataset.resolve(tmp_path / "missing.tsv")
     with pytest.raises(UserError, match="missing column"):
         dataset.resolve(table, dataset.CsvFormat(img_key="path"))
-    (table.parent / "images" / "s0000.png").unlink()
-    with pytest.raises(UserError, match="row 1 not found"):
-        dataset.resolve(table)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("filepath\ttitle\nnope.png\ta caption\n")
+    with pytest.raises(UserError, match="no usable rows.*missing_image=1"):
+        dataset.resolve(empty)
+
+
+def test_unusable_rows_are_dropped_from_a_checked_copy_not_fatal(tmp_path, table):
+    """One bad row in a scraped table costs that row: it is counted, and training reads a
+    checked copy (absolute image paths) instead of stopping mid-epoch in open_clip."""
+    import pandas as pd
+
+    (table.parent / "images" / "s0003.png").unlink()
+    (table.parent / "images" / "s0005.png").write_bytes(b"not an image")
+    original = table.read_bytes()
+    d = dataset.resolve(table)
+    assert d.num_samples == 38 and d.drop_rows == (3, 5)
+    assert d.skipped == {"corrupt_image": 1, "missing_image": 1}
+    run = tmp_path / "run"
+    run.mkdir()
+    checked = dataset.use_checked_copy(d, run)
+    assert checked.train_data == str(run / dataset.CHECKED_TABLE) and checked.checked_from == str(table)
+    dataset.write_checked_table(checked)
+    rows = pd.read_csv(checked.train_data, sep="\t")
+    assert len(rows) == 38 and "s0003" not in set(rows["key"]) and "s0005" not in set(rows["key"])
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in rows["filepath"])
+    assert table.read_bytes() == original

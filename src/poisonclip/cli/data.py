@@ -85,7 +85,7 @@ def convert(
 
     if to is Format.both:
         raise UserError("--to takes csv or webdataset")
-    report = SkipReport()
+    report, writing = SkipReport(), SkipReport()
     n = 0
 
     def counted():
@@ -96,12 +96,13 @@ def convert(
 
     with atomic_dir(out, overwrite=overwrite, kind=CONVERTED_KIND, inputs=input_paths(source)) as tmp:
         if to is Format.csv:
-            write_csv(counted(), tmp, name="train.tsv", report=report)
+            write_csv(counted(), tmp, name="train.tsv", report=writing)
         else:
-            write_shards(counted(), tmp, shard_size=shard_size, report=report)
+            write_shards(counted(), tmp, shard_size=shard_size, report=writing)
+        report.update(writing)  # repeated / empty keys the writer left out
         atomic_write_json(tmp / CONVERT_FILE, {   # the completion marker, last
             "converter": "poisonclip data convert", "source": str(source), "format": to.value,
-            "n_read": n, "skipped": dict(sorted(report.items()))})
+            "n_samples": n - sum(writing.values()), "skipped": dict(sorted(report.items()))})
     console.print(safe_text(f"wrote {out}; {report.summary()}"), markup=False, highlight=False)
 
 

@@ -9,17 +9,19 @@ samples than one batch) is checked here first and reported as a one-line ``UserE
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from poisonclip.data.csv_io import CsvFormat, check_row, csv_separator, iter_rows
+from poisonclip.data.csv_io import CsvFormat, check_row, csv_columns, csv_separator, iter_rows
 from poisonclip.data.sample import CorruptSample, SkipReport, check_image_file
 from poisonclip.data.wds_io import count_samples, expand_shards, read_sizes
 from poisonclip.errors import UserError
-from poisonclip.io_utils import sha256_file
+from poisonclip.io_utils import atomic_write_bytes, sha256_file
 
 POISON_FILE = "poison.json"
 CORPUS_TABLE = "train.tsv"
@@ -41,6 +43,10 @@ class TrainData:
     poison_json_sha256: str | None = None
     num_shards: int = 0  # WebDataset only
     skipped: dict[str, int] = field(default_factory=dict)  # samples not counted, per reason (data/sample.py)
+    # CSV rows (0-based) open_clip cannot use: training reads a checked copy without them
+    # (``write_checked_table``) instead of stopping at the first mid-epoch.
+    drop_rows: tuple[int, ...] = ()
+    checked_from: str | None = None  # the user's table, when train_data is its checked copy
 
     def open_clip_args(self) -> list[str]:
         args = ["--train-data", self.train_data, "--dataset-type", self.dataset_type,
@@ -76,33 +82,31 @@ def _table(path: Path, fmt: CsvFormat, hash_data: bool, origin: str = "table",
            source: Path | None = None, check: bool = True) -> TrainData:
     """A table open_clip reads whole with pandas and then opens image by image: a row it
     cannot use stops training mid-epoch, so with ``check`` every row is checked as
-    ``poisonclip poison`` checks clean rows, and any unusable row is a ``UserError`` that
-    says how to write a clean copy. Tables written by ``poisonclip poison`` were checked
-    when written (``check=False``)."""
+    ``poisonclip poison`` checks clean rows; unusable rows are counted per reason and listed
+    in ``drop_rows``, and training reads a checked copy without them. Tables written by
+    ``poisonclip poison`` were checked when written (``check=False``)."""
     sep = csv_separator(path, fmt)
     fmt = CsvFormat(fmt.img_key, fmt.caption_key, sep)
     report = SkipReport()
-    n, first = 0, None
+    n, first, drop = 0, None, []
     for i, row in enumerate(iter_rows(path, fmt)):
         if check:
             checked = check_row(row, i, fmt, path.parent, report)
+            if checked is not None:
+                try:
+                    check_image_file(checked[1])
+                except CorruptSample as e:
+                    report.skip(e.reason)
+                    checked = None
             if checked is None:
-                continue
-            try:
-                check_image_file(checked[1])
-            except CorruptSample as e:
-                report.skip(e.reason)
+                drop.append(i)
                 continue
         if first is None:
             first = row
         n += 1
-    if report:
-        raise UserError(f"{path}: {sum(report.values())} of {n + sum(report.values())} rows cannot be trained on "
-                        f"({', '.join(f'{k}={v}' for k, v in sorted(report.items()))}) and open_clip's trainer "
-                        "stops at the first; write a clean copy with `poisonclip data convert "
-                        f"{path} --to csv --out CLEAN` (it skips and counts them) and train on CLEAN/train.tsv")
     if first is None:
-        raise UserError(f"{path}: the table has a header but no rows")
+        counts = f" ({', '.join(f'{k}={v}' for k, v in sorted(report.items()))} skipped)" if report else ""
+        raise UserError(f"{path}: the table has no usable rows{counts}")
     rel = first.get(fmt.img_key) or ""
     img = Path(rel) if os.path.isabs(rel) else path.parent / rel
     if not img.is_file():
@@ -111,7 +115,40 @@ def _table(path: Path, fmt: CsvFormat, hash_data: bool, origin: str = "table",
     return TrainData(source=str(source or path), origin=origin, dataset_type="csv",
                      train_data=str(path), num_samples=n, cwd=str(path.parent), csv_sep=sep,
                      img_key=fmt.img_key, caption_key=fmt.caption_key,
-                     sha256=sha256_file(path) if hash_data else None)
+                     sha256=sha256_file(path) if hash_data else None,
+                     skipped=dict(sorted(report.items())), drop_rows=tuple(drop))
+
+
+CHECKED_TABLE = "train-checked.tsv"
+
+
+def use_checked_copy(data: TrainData, folder: Path) -> TrainData:
+    """``data`` as training reads it: unchanged, or (when rows must be dropped) pointing at
+    the checked copy ``folder/train-checked.tsv`` that ``write_checked_table`` writes."""
+    if not data.drop_rows:
+        return data
+    return replace(data, train_data=str(folder / CHECKED_TABLE), cwd=str(folder), checked_from=data.train_data)
+
+
+def write_checked_table(data: TrainData) -> Path:
+    """Write the checked copy: the user's rows without ``drop_rows``, image paths made
+    absolute (so open_clip runs from any folder), atomically. The user's table is untouched."""
+    assert data.checked_from is not None, "call use_checked_copy first"
+    src, dst = Path(data.checked_from), Path(data.train_data)
+    fmt = CsvFormat(data.img_key, data.caption_key, data.csv_sep)
+    drop = set(data.drop_rows)
+    header = csv_columns(src, fmt)
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=data.csv_sep, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(header)
+    for i, row in enumerate(iter_rows(src, fmt)):
+        if i in drop:
+            continue
+        rel = row[data.img_key]
+        row = {**row, data.img_key: rel if os.path.isabs(rel) else str(src.parent / rel)}
+        w.writerow([row.get(c) or "" for c in header])
+    # Kept rows have UTF-8 captions and paths; stray bytes in other columns become U+FFFD.
+    return atomic_write_bytes(dst, buf.getvalue().encode("utf-8", "replace"))
 
 
 def _absolute_spec(spec: str) -> str:

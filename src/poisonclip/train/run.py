@@ -460,8 +460,9 @@ def prepare(cfg: TrainConfig) -> tuple[TrainData, Placement, list[str], int]:
     # Only node 0 writes run.json, so only node 0 reads the whole dataset to hash it.
     data = dataset_mod.resolve(cfg.data, CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep),
                                hash_data=cfg.hash_data and cfg.node_rank == 0)
-    steps = check_fit(cfg, data, place)
     run_dir = Path(cfg.out).expanduser().absolute()
+    data = dataset_mod.use_checked_copy(data, run_dir)
+    steps = check_fit(cfg, data, place)
     cmd = launch_command(cfg, place, open_clip_argv(cfg, data, place, run_dir), run_dir)
     return data, place, cmd, steps
 
@@ -481,6 +482,8 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
             _check_resume(cfg, run_dir, data)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_FILE).unlink(missing_ok=True)  # a run.json only ever describes a finished run
+        if data.checked_from:
+            dataset_mod.write_checked_table(data)
         atomic_write_json(run_dir / CONFIG_FILE, {
             "config": dataclasses.asdict(cfg), "data": dataclasses.asdict(data),
             "placement": {**dataclasses.asdict(place), "world_size": place.world_size},
