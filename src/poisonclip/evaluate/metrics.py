@@ -2,7 +2,7 @@
 
 Nothing here knows about models or files: ``scores`` are (n_images, n_classes) classifier
 outputs (zero-shot cosines or probe logits), ``emb`` are (n_images, dim) image embeddings.
-Definitions follow DESIGN.md exactly; the docstrings say where a choice was made.
+Definitions as in docs/evaluation.md; the docstrings say where a choice was made.
 """
 
 from __future__ import annotations

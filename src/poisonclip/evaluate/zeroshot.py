@@ -2,7 +2,7 @@
 
 The head is open_clip's own ``build_zero_shot_classifier``: each class embedding is the mean
 of the normalised text embeddings of the class name in every template, renormalised (the
-definition in DESIGN.md). Prediction is the arg-max cosine similarity.
+definition in docs/evaluation.md). Prediction is the arg-max cosine similarity.
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def _rate(prefix: str, node: Any, out: dict[str, Any]) -> None:
 
 
 def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluator's metrics.json -> the sweep table's columns (names in the README, "Columns of the results table").
+    """The evaluator's metrics.json -> the sweep table's columns (names in docs/sweeps.md, "Columns of the results table").
 
     Test placements: ``as_trained`` (the trigger placed as in the poisons), ``random``, and
     ``corner`` (the paper's consistent placement: the as-trained measurement when training
