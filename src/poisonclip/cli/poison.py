@@ -50,6 +50,8 @@ def _summary(result) -> None:
         t.add_row("unusable samples met",
                   ", ".join(f"{k}={v}" for k, v in sorted(result.skipped_reading.items())))
     console.print(t)
+    for w in getattr(result, "warnings", ()):
+        console.print(f"warning: {w}", markup=False, highlight=False)
     cmd = shlex.join(["python", "-m", "open_clip_train.main", "--train-data", result.train_data,
                       "--dataset-type", result.dataset_type])
     if result.dataset_type == "csv":  # open_clip's defaults, except that bash needs $'\t' for a tab
