@@ -292,7 +292,7 @@ def write_poisoned(plan: Plan, out: str | os.PathLike, overwrite: bool = False) 
         }
         if layout is not None:
             info["poison_shards"] = layout.poison_names
-        warnings = tuple(layout.warnings) if layout is not None else ()
+        warnings = tuple(plan.section.get("warnings", ())) + (tuple(layout.warnings) if layout is not None else ())
         if warnings:
             info["warnings"] = list(warnings)
         atomic_write_json(tmp / POISON_JSON, info)
