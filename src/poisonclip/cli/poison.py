@@ -156,8 +156,8 @@ def targeted(
     target_id: Annotated[Optional[List[str]], typer.Option(
         help="Names of the targets (default t000, t001, ...).")] = None,
     random_targets: Annotated[int, typer.Option(
-        help="Also draw this many targets from --target-source, each with a random wrong label "
-             "from the class list.")] = 0,
+        help="Also draw this many targets from --target-source (a held-out labelled set, required), "
+             "each with a random wrong label from the class list.")] = 0,
     target_source: Annotated[Optional[str], typer.Option(
         help="Dataset holding target keys / random targets, e.g. a held-out test.tsv (default: DATA).")] = None,
     caption_file: Annotated[Optional[List[Path]], typer.Option(
