@@ -161,3 +161,19 @@ def test_compare_pairs_models_by_training_seed(tmp_path):
     other = compare([m(a, s) for s, a in enumerate(poisoned)], [m(c, s + 10) for s, c in enumerate(clean)])
     w = other["accuracy_tests"]["zeroshot"]
     assert w["test"] == "welch_t" and w["n_pairs"] is None and w["p_value"] > 0.5
+
+
+def test_summarise_counts_the_distinct_targets_behind_pooled_targeted_success():
+    from poisonclip.evaluate.api import summarise
+
+    def m(targets):
+        return {"schema": "poisonclip.metrics/1", "clean": {"zeroshot": {"top1": Rate(9, 10).to_dict()}},
+                "targeted": {"targets": [{"id": f"t{i}", "label": lab, "source_sha256": sha}
+                                         for i, (sha, lab) in enumerate(targets)],
+                             "summary": {"zeroshot": {"success": Rate(len(targets), len(targets)).to_dict()}}}}
+
+    same = [("a" * 64, "star"), ("b" * 64, "moon")]
+    s = summarise([m(same), m(same), m(same)])["targeted_success_zeroshot"]
+    assert s["pooled"]["n"] == 6 and s["n_distinct_targets"] == 2
+    fresh = summarise([m([(str(i) * 64, "star"), (str(i + 5) * 64, "moon")]) for i in range(3)])
+    assert fresh["targeted_success_zeroshot"]["n_distinct_targets"] == 6

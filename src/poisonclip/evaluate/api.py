@@ -534,6 +534,11 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for pl in ("train_placement", "random", "corner"):
             out[f"asr_{pl}_{head}"] = _rate_summary(_rates(ms, "backdoor", "asr", pl, head))
         out[f"targeted_success_{head}"] = _rate_summary(_rates(ms, "targeted", "summary", head, "success"))
+        if out[f"targeted_success_{head}"] is not None:
+            # (target, model) pairs are independent only across distinct targets: say how many
+            ids = {f"{t.get('source_sha256') or t.get('id')}:{t.get('label')}"
+                   for m in ms for t in (m.get("targeted") or {}).get("targets", [])}
+            out[f"targeted_success_{head}"]["n_distinct_targets"] = len(ids)
     for pl in ("train_placement", "random", "corner"):
         zs = [m.get("backdoor", {}).get("zscore", {}).get(pl, {}).get("z") for m in ms]
         out[f"zscore_{pl}"] = mean_std(zs).to_dict() if all(z is not None for z in zs) else None
