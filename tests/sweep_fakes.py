@@ -45,7 +45,7 @@ class FakeStages:
         "corpus": {"n_train": 100, "n_test": 50, "seed": 0},
         "poison": {"attack": "backdoor", "n_poisons": 10, "patch_size": 16, "placement": "corner", "seed": 0},
         "train": {"model": "tiny", "epochs": 1, "seed": 0, "fail": False},
-        "eval": {"templates": "simple"},
+        "eval": {"templates": "simple", "seed": 0},
     }
 
     def resolve(self, stage: str, config: Mapping[str, Any]) -> dict[str, Any]:

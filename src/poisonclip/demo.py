@@ -3,6 +3,13 @@
 corpus -> {clean, backdoored, targeted-poisoned} datasets -> one tiny open_clip model per
 dataset and seed (same seeds for all three) -> evaluation -> one table and an HTML report.
 
+Every seed is an independent replicate: seed s trains the three models with seed s *and*
+poisons with seed s (new backdoor source images, new targets drawn from the test split), and
+evaluates with seed s. The linear probe trains on the corpus' own labelled probe split, never
+on test images; targets are left out of clean accuracy by the evaluator. Targeted success is
+reported over (target, model) pairs with the number of distinct targets behind it, and clean
+accuracy is compared with the paired test (models of one seed form a pair).
+
 Every stage goes through the same library functions the CLI exposes (``write_corpus``,
 ``attacks.api.poison``, ``train.run.train``, ``evaluate.api.evaluate``), so the demo proves
 they fit together. Each artefact lives in a folder named by a hash of the config that made
@@ -33,7 +40,7 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     seeds: int = 1
-    corpus: SynthConfig = field(default_factory=lambda: SynthConfig(n_train=4000, n_test=1000))
+    corpus: SynthConfig = field(default_factory=lambda: SynthConfig(n_train=4000, n_test=1000, n_probe=1000))
     preset: str = "cpu-tiny"
     model: str | None = None             # None: the preset's
     epochs: int | None = None            # None: the preset's
@@ -57,7 +64,7 @@ class DemoConfig:
         and 5% backdoor poisons: a smaller corpus needs a larger share for the patch to take
         in so few steps. It tests that the attack is wired end to end, not the paper's ratios.
         """
-        base = dict(out=out, corpus=SynthConfig(n_train=1500, n_test=300), epochs=30, batch_size=128,
+        base = dict(out=out, corpus=SynthConfig(n_train=1500, n_test=300, n_probe=300), epochs=30, batch_size=128,
                     backdoor_poisons=79, targets=2, copies_per_target=3)
         base.update(overrides)
         return cls(**base)
@@ -108,7 +115,7 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
     e.g. the CLI's rich progress bar; None trains silently.
     """
     from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, poison
-    from poisonclip.data.corpus import INFO_FILE, write_corpus
+    from poisonclip.data.corpus import INFO_FILE, PROBE_CSV, write_corpus
     from poisonclip.evaluate.api import METRICS_FILE, EvalConfig, evaluate
     from poisonclip.train.models import input_size
     from poisonclip.train.run import RUN_FILE, TrainConfig, train
@@ -121,37 +128,43 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
     if (corpus_dir / INFO_FILE).exists():
         say(f"corpus: reusing {corpus_dir.name}")
     else:
-        say(f"corpus: generating {cfg.corpus.n_train} training + {cfg.corpus.n_test} test images")
+        say(f"corpus: generating {cfg.corpus.n_train} training + {cfg.corpus.n_test} test "
+            f"+ {cfg.corpus.n_probe} probe-training images")
         write_corpus(cfg.corpus, corpus_dir, formats=("csv",), overwrite=True)
     train_csv, test_csv = corpus_dir / "train.tsv", corpus_dir / "test.tsv"
+    probe_csv = corpus_dir / PROBE_CSV if (corpus_dir / PROBE_CSV).is_file() else None
 
     # Poisons are written at the model's input size, so training sees the patch pixel for pixel.
     backdoor_cfg = dict(target_label=cfg.backdoor_label, n_poisons=cfg.backdoor_poisons,
                         patch_size=cfg.patch_size, placement=cfg.placement,
                         resolution=input_size(TrainConfig.from_preset(cfg.preset, "-", "-", model=cfg.model).model))
-    backdoor_dir = out / "data" / f"backdoor-{_hash([corpus_dir.name, backdoor_cfg])}"
     targeted_cfg = dict(random_targets=cfg.targets, n_poisons=cfg.copies_per_target,
                         caption_source=cfg.caption_source)
-    targeted_dir = out / "data" / f"targeted-{_hash([corpus_dir.name, targeted_cfg])}"
-    if not (backdoor_dir / "poison.json").exists():
-        say(f"poison: backdoor, {cfg.backdoor_poisons} poisons "
-            f"({100 * cfg.poison_ratio_backdoor:.2f}%), label {cfg.backdoor_label!r}")
-        poison(BackdoorConfig(data=str(train_csv), out=str(backdoor_dir), seed=0, overwrite=True,
-                              **backdoor_cfg))
-    if not (targeted_dir / "poison.json").exists():
-        say(f"poison: targeted, {cfg.targets} test images x {cfg.copies_per_target} copies "
-            f"({100 * cfg.poison_ratio_targeted:.2f}%), {cfg.caption_source} captions")
-        poison(TargetedConfig(data=str(train_csv), out=str(targeted_dir), target_source=str(test_csv),
-                              seed=0, overwrite=True, **targeted_cfg))
 
-    datasets = {"clean": train_csv, "backdoor": backdoor_dir, "targeted": targeted_dir}
-    # Which poisoned folder each model is measured against: the clean model against both,
-    # as the control for each attack.
-    evals = {"clean": {"backdoor": backdoor_dir, "targeted": targeted_dir},
-             "backdoor": {"backdoor": backdoor_dir}, "targeted": {"targeted": targeted_dir}}
+    def poisoned_sets(seed: int) -> tuple[Path, Path]:
+        """This seed's own poisoned datasets (keyed by corpus, settings and seed: resumable)."""
+        backdoor_dir = out / "data" / f"backdoor-seed{seed}-{_hash([corpus_dir.name, backdoor_cfg, seed])}"
+        targeted_dir = out / "data" / f"targeted-seed{seed}-{_hash([corpus_dir.name, targeted_cfg, seed])}"
+        if not (backdoor_dir / "poison.json").exists():
+            say(f"poison: backdoor, seed {seed}, {cfg.backdoor_poisons} poisons "
+                f"({100 * cfg.poison_ratio_backdoor:.2f}%), label {cfg.backdoor_label!r}")
+            poison(BackdoorConfig(data=str(train_csv), out=str(backdoor_dir), seed=seed, overwrite=True,
+                                  **backdoor_cfg))
+        if not (targeted_dir / "poison.json").exists():
+            say(f"poison: targeted, seed {seed}, {cfg.targets} test images x {cfg.copies_per_target} copies "
+                f"({100 * cfg.poison_ratio_targeted:.2f}%), {cfg.caption_source} captions")
+            poison(TargetedConfig(data=str(train_csv), out=str(targeted_dir), target_source=str(test_csv),
+                                  seed=seed, overwrite=True, **targeted_cfg))
+        return backdoor_dir, targeted_dir
 
     models: list[ModelResult] = []
     for seed in range(cfg.seeds):
+        backdoor_dir, targeted_dir = poisoned_sets(seed)
+        datasets = {"clean": train_csv, "backdoor": backdoor_dir, "targeted": targeted_dir}
+        # Which poisoned folder each model is measured against: the clean model of this seed
+        # against both, as the control for each attack.
+        evals = {"clean": {"backdoor": backdoor_dir, "targeted": targeted_dir},
+                 "backdoor": {"backdoor": backdoor_dir}, "targeted": {"targeted": targeted_dir}}
         for kind, data in datasets.items():
             tcfg = TrainConfig.from_preset(cfg.preset, data=str(data), out="", model=cfg.model,
                                            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
@@ -173,7 +186,7 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
                 edir = run_dir / f"eval-{name}"
                 if not (edir / METRICS_FILE).exists():
                     say(f"eval: {kind} model, seed {seed}, against the {name} attack")
-                    evaluate(EvalConfig(data=test_csv, out=edir, run=run_dir, poison=pdir,
+                    evaluate(EvalConfig(data=test_csv, out=edir, run=run_dir, poison=pdir, probe_train=probe_csv,
                                         templates=cfg.eval_templates, seed=seed, overwrite=True))
                 metrics[name] = json.loads((edir / METRICS_FILE).read_text())
             models.append(ModelResult(kind, seed, run_dir, metrics, float(run_info.get("wall_time_s", 0.0))))
@@ -221,8 +234,15 @@ def _value(m: ModelResult, which: str, path: tuple[str, ...]) -> tuple[float | N
     return (float(v) if isinstance(v, (int, float)) else None), v
 
 
+def _targets_of(m: ModelResult, which: str) -> list[str]:
+    """Identities (image hash or id, and label) of the targets one model was measured on."""
+    rows = _get(m.metrics.get(which, {}), "targeted", "targets") or []
+    return [f"{r.get('source_sha256') or r.get('id')}:{r.get('label')}" for r in rows]
+
+
 def summarise(cfg: DemoConfig, models: list[ModelResult]) -> dict[str, Any]:
-    """Per row and model kind: mean and std over seeds (rates also pooled k/n with Wilson CI)."""
+    """Per row and model kind: mean and std over seeds (rates also pooled k/n with Wilson CI;
+    targeted rows also say how many distinct targets stand behind the (target, model) pairs)."""
     from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
 
     rows = []
@@ -231,7 +251,7 @@ def summarise(cfg: DemoConfig, models: list[ModelResult]) -> dict[str, Any]:
         for kind in ("clean", "backdoor", "targeted"):
             if which not in ("*", kind) and kind != "clean":
                 continue
-            vals, rates = [], []
+            vals, rates, targets = [], [], []
             for m in models:
                 if m.kind != kind or (which != "*" and which not in m.metrics):
                     continue
@@ -240,27 +260,44 @@ def summarise(cfg: DemoConfig, models: list[ModelResult]) -> dict[str, Any]:
                     vals.append(v)
                 if isinstance(raw, dict) and "k" in raw:
                     rates.append(Rate.from_dict(raw))
+                if which == "targeted":
+                    targets.extend(_targets_of(m, which))
             if vals:
                 s = mean_std(vals)
                 cell: dict[str, Any] = {"mean": s.mean, "std": s.std, "n_models": len(vals)}
                 if rates:
                     pooled = pooled_rate(rates)
                     cell.update(k=pooled.k, n=pooled.n, ci95=list(pooled.ci95))
+                if targets and rates:
+                    cell.update(n_targets_per_model=len(targets) // len(vals), n_distinct_targets=len(set(targets)))
                 row[kind] = cell
         rows.append(row)
 
-    def accs(kind: str) -> tuple[list[float], list[Rate]]:
-        ms = [m for m in models if m.kind == kind]
-        raw = [_value(m, "*", ("clean", "zeroshot", "top1"))[1] for m in ms]
-        return [r["rate"] for r in raw], [Rate.from_dict(r) for r in raw]
+    def accs(kind: str, which: str) -> dict[int, dict[str, Any]]:
+        """Clean top-1 per seed, measured in the evaluation against attack ``which`` (for the
+        clean model: the same images the poisoned model was scored on, targets left out)."""
+        out = {}
+        for m in models:
+            if m.kind == kind and which in m.metrics:
+                raw = _value(m, which, ("clean", "zeroshot", "top1"))[1]
+                if isinstance(raw, dict) and "k" in raw:
+                    out[m.seed] = raw
+        return out
 
-    clean_acc, clean_counts = accs("clean")
     tests = {}
     for kind in ("backdoor", "targeted"):
-        acc, counts = accs(kind)
-        if acc and clean_acc:
-            tests[kind] = compare_accuracy(acc, clean_acc, poisoned_counts=counts,
-                                           clean_counts=clean_counts).to_dict()
+        pois, clean = accs(kind, kind), accs("clean", kind)
+        seeds = sorted(set(pois) & set(clean))
+        paired = bool(seeds) and len(seeds) == len(pois) == len(clean)
+        if not paired:
+            seeds_p, seeds_c = sorted(pois), sorted(clean)
+        else:
+            seeds_p = seeds_c = seeds
+        if seeds_p and seeds_c:
+            tests[kind] = compare_accuracy(
+                [pois[s]["rate"] for s in seeds_p], [clean[s]["rate"] for s in seeds_c],
+                poisoned_counts=[Rate.from_dict(pois[s]) for s in seeds_p],
+                clean_counts=[Rate.from_dict(clean[s]) for s in seeds_c], paired=paired).to_dict()
     return {"config": _jsonable(cfg), "rows": rows, "accuracy_tests": tests,
             "train_s": {k: sum(m.train_s for m in models if m.kind == k) for k in ("clean", "backdoor", "targeted")}}
 
@@ -273,7 +310,11 @@ def format_cell(cell: dict[str, Any] | None, percent: bool) -> str:
     text = f"{mean * scale:.1f}{unit}" if percent else f"{mean:.2f}"
     if cell["n_models"] > 1 and std == std:
         text += f" ± {std * scale:.1f}" if percent else f" ± {std:.2f}"
-    if "k" in cell and cell["n_models"] == 1 and cell["n"] <= 20:
+    if "n_distinct_targets" in cell:
+        # (target, model) pairs are not independent draws when targets repeat across models
+        text += (f" ({cell['k']}/{cell['n']}: {cell['n_targets_per_model']} targets x {cell['n_models']} "
+                 f"model{'s' if cell['n_models'] > 1 else ''}, {cell['n_distinct_targets']} distinct)")
+    elif "k" in cell and cell["n_models"] == 1 and cell["n"] <= 20:
         text += f" ({cell['k']}/{cell['n']})"
     return text
 

@@ -54,6 +54,17 @@ def test_quick_demo_backdoors_the_poisoned_model_and_not_the_clean_one(quick_dem
     assert z(poisoned) > z(clean) + 0.5, (z(poisoned), z(clean))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"][0]["metric"] == "clean zero-shot top-1"
+    # The probe trains on the corpus' own probe split, and the targets (drawn from the test
+    # split) are left out of the clean numbers they would otherwise be counted in.
+    for m in metrics.values():
+        assert m["clean"]["probe"]["train_set"]["source"] == "probe_train"
+        assert m["clean"]["probe"]["train_set"]["path"].endswith("probe.tsv")
+    for name in ("clean/eval-targeted", "targeted/eval-targeted"):
+        assert metrics[name]["excluded_targets"]["data"] == 2
+        assert metrics[name]["clean"]["zeroshot"]["top1"]["n"] == 298
+    assert metrics["clean/eval-backdoor"]["clean"]["zeroshot"]["top1"]["n"] == 300
+    row = next(r for r in summary["rows"] if r["metric"] == "targets classified as their label (zero-shot)")
+    assert row["targeted"]["n"] == 2 and row["targeted"]["n_distinct_targets"] == 2
 
 
 def test_second_run_reuses_every_finished_step(tmp_path):
@@ -61,7 +72,7 @@ def test_second_run_reuses_every_finished_step(tmp_path):
     from poisonclip.demo import DemoConfig, run_demo
     from poisonclip.data.synthetic import SynthConfig
 
-    cfg = DemoConfig.quick(out=tmp_path / "d", corpus=SynthConfig(n_train=200, n_test=60), epochs=1,
+    cfg = DemoConfig.quick(out=tmp_path / "d", corpus=SynthConfig(n_train=200, n_test=60, n_probe=60), epochs=1,
                            backdoor_poisons=10)
     said: list[str] = []
     run_demo(cfg, say=said.append)

@@ -186,6 +186,52 @@ def test_targeted_eval_with_probe_train_and_compare(world, tmp_path):
     assert res["accuracy_tests"]["zeroshot"]["diff"] == 0
 
 
+def test_targets_found_in_the_eval_or_probe_set_are_left_out_and_counted(world, tmp_path):
+    """A target x' drawn from a labelled set is the attack's own image: it must not count in
+    clean accuracy (nor train the probe); found by content hash, or by key in its source set."""
+    from poisonclip.data.evalset import read_labelled_csv
+    from poisonclip.io_utils import sha256_bytes
+
+    test = read_labelled_csv(world / "data" / "test.tsv")
+    probe = read_labelled_csv(world / "probe" / "train.tsv")
+    by_hash, by_key, in_probe = test.samples[3], test.samples[10], probe.samples[4]
+    tg = tmp_path / "poison-leak"
+    (tg / "targets").mkdir(parents=True)
+    (tg / "targets" / "a.png").write_bytes(by_hash.image)
+    (tg / "targets" / "c.png").write_bytes(in_probe.image)
+    _image(np.random.default_rng(99), 2).save(tg / "targets" / "b.png")  # other bytes: found by key only
+    contract = json.loads((world / "poison-tg" / "poison.json").read_text())
+    contract["config"] = {"target_source": str(world / "data" / "test.tsv")}
+    contract["targets"] = [
+        {"id": "a", "label": "star", "image": "targets/a.png", "source_sha256": sha256_bytes(by_hash.image),
+         "source_key": "elsewhere-1"},
+        {"id": "b", "label": "circle", "image": "targets/b.png", "source_sha256": "0" * 64,
+         "source_key": by_key.key},
+        {"id": "c", "label": "square", "image": "targets/c.png", "source_sha256": sha256_bytes(in_probe.image),
+         "source_key": "elsewhere-2"}]
+    (tg / "poison.json").write_text(json.dumps(contract))
+    r = _eval(world, tmp_path / "m", "--run", str(world / "run"), "--poison", str(tg),
+              "--probe-train", str(world / "probe" / "train.tsv"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    ex = m["excluded_targets"]
+    assert (ex["data"], ex["probe_train"]) == (2, 1)
+    assert ex["keys"] == sorted([by_hash.key, by_key.key, in_probe.key])
+    assert m["clean"]["zeroshot"]["top1"]["n"] == 22 and m["clean"]["probe"]["top1"]["n"] == 22
+    assert m["clean"]["probe"]["n_train"] == 17
+    assert m["data"]["n_images"] == 24  # the identity still pins the whole file
+    assert [t["id"] for t in m["targeted"]["targets"]] == ["a", "b", "c"]  # scored as targets
+    assert m["targeted"]["targets"][0]["source_sha256"] == sha256_bytes(by_hash.image)
+    assert m["model"]["train_seed"] == 0
+    # the same targets evaluated on a set they were not drawn from: nothing matches by key
+    contract["config"] = {"target_source": str(world / "probe" / "train.tsv")}
+    (tg / "poison.json").write_text(json.dumps(contract))
+    r = _eval(world, tmp_path / "m2", "--run", str(world / "run"), "--poison", str(tg), "--no-probe")
+    assert r.exit_code == 0, r.output
+    m2 = json.loads((tmp_path / "m2" / "metrics.json").read_text())
+    assert m2["excluded_targets"]["data"] == 1 and m2["clean"]["zeroshot"]["top1"]["n"] == 23
+
+
 class _NotATensor:
     """An arbitrary Python object: a weights-only load must refuse a checkpoint holding one."""
 

@@ -134,3 +134,20 @@ def test_search_label_in_no_caption(tiny, target_file, tmp_path):
     # templates need no caption to mention the label
     assert poison(TargetedConfig(data=str(tiny.csv), out=str(tmp_path / "o2"), no_classnames=True,
                                  targets=(TargetSpec(str(target_file), "zebra", 2),))).n_poisons == 2
+
+
+def test_random_targets_never_come_from_the_training_data(tiny, held_out, tmp_path):
+    """A training image already sits in the data with its true caption: random targets come
+    from a held-out labelled set, and a training image named explicitly is a warning."""
+    for source in (None, str(tiny.csv)):
+        with pytest.raises(UserError, match="--target-source"):
+            plan(TargetedConfig(data=str(tiny.csv), out=str(tmp_path / "o"), random_targets=2, n_poisons=2,
+                                target_source=source))
+    key = next(s.key for s in read_csv(tiny.csv))
+    res = poison(TargetedConfig(data=str(tiny.csv), out=str(tmp_path / "w"),
+                                targets=(TargetSpec(f"key:{key}", "moon", 2),)))
+    info = json.loads(res.poison_json.read_text())
+    assert res.warnings and "training data itself" in info["warnings"][0]
+    ok = poison(TargetedConfig(data=str(tiny.csv), out=str(tmp_path / "h"), random_targets=2, n_poisons=2,
+                               target_source=str(held_out.csv)))
+    assert not ok.warnings and "warnings" not in json.loads(ok.poison_json.read_text())

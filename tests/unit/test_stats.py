@@ -104,3 +104,76 @@ def test_summarise_and_compare_across_seeds():
     res = compare(poisoned, clean)
     t = res["accuracy_tests"]["zeroshot"]
     assert t["test"] == "welch_t" and t["significant_loss"] and t["diff"] == pytest.approx(-0.08)
+
+
+# Six seeds: the clean models' accuracy varies a lot from seed to seed, and each poisoned model
+# loses about one point against the clean model of its own seed. Pairing sees the loss; an
+# unpaired test drowns it in the seed-to-seed spread.
+_CLEAN6 = [0.80, 0.85, 0.90, 0.75, 0.95, 0.70]
+_POISONED6 = [0.79, 0.841, 0.889, 0.742, 0.939, 0.69]
+
+
+def test_paired_t_when_models_share_seeds_and_it_differs_from_welch():
+    paired = compare_accuracy(_POISONED6, _CLEAN6, paired=True)
+    unpaired = compare_accuracy(_POISONED6, _CLEAN6)
+    ref = st.ttest_rel(_POISONED6, _CLEAN6)
+    assert paired.test == "paired_t" and paired.paired and paired.n_pairs == 6
+    assert paired.p_value == pytest.approx(ref.pvalue) and paired.statistic == pytest.approx(ref.statistic)
+    assert paired.p_value < 1e-3 and paired.significant_loss
+    assert unpaired.test == "welch_t" and not unpaired.paired and unpaired.n_pairs is None
+    assert unpaired.p_value > 0.5 and not unpaired.significant
+    # six pairs: the Wilcoxon signed-rank check is reported beside the t-test
+    assert paired.wilcoxon_p == pytest.approx(st.wilcoxon(_POISONED6, _CLEAN6).pvalue)
+    d = paired.to_dict()
+    assert d["test"] == "paired_t" and d["n_pairs"] == 6 and "paired t-test over 6 pairs" in d["note"]
+    assert "Wilcoxon" in d["note"] and d["wilcoxon_p"] == pytest.approx(0.03125)
+    lo, hi = paired.diff_ci95
+    assert lo < paired.diff < hi < 0
+
+
+def test_paired_with_few_pairs_skips_wilcoxon_and_checks_lengths():
+    cmp = compare_accuracy(_POISONED6[:3], _CLEAN6[:3], paired=True)
+    assert cmp.test == "paired_t" and cmp.wilcoxon_p is None and "not run" in cmp.note
+    with pytest.raises(ValueError, match="as many"):
+        compare_accuracy([0.8, 0.9], [0.8], paired=True)
+    same_shift = compare_accuracy([0.8, 0.9], [0.81, 0.91], paired=True)
+    assert same_shift.test == "none" and same_shift.p_value is None
+    one = compare_accuracy([0.5], [0.9], poisoned_counts=[Rate(50, 100)], clean_counts=[Rate(90, 100)],
+                           paired=True)
+    assert one.test == "fisher_exact" and one.n_pairs == 1
+
+
+def test_compare_pairs_models_by_training_seed(tmp_path):
+    """eval-compare pairs a poisoned and a clean model trained with the same seed (paired t-test)
+    and falls back to Welch's test when the groups' seeds differ."""
+    from poisonclip.evaluate.api import compare
+
+    clean, poisoned = _CLEAN6, _POISONED6
+
+    def m(acc: float, seed: int | None) -> dict:
+        return {"schema": "poisonclip.metrics/1", "model": {"train_seed": seed},
+                "clean": {"zeroshot": {"top1": Rate(round(acc * 1000), 1000).to_dict()}}}
+
+    order = [3, 0, 5, 1, 4, 2]  # the clean group listed in another order: pairing is by seed
+    res = compare([m(a, s) for s, a in enumerate(poisoned)], [m(clean[s], s) for s in order])
+    t = res["accuracy_tests"]["zeroshot"]
+    assert t["test"] == "paired_t" and t["n_pairs"] == 6 and t["p_value"] < 1e-3 and t["significant_loss"]
+    other = compare([m(a, s) for s, a in enumerate(poisoned)], [m(c, s + 10) for s, c in enumerate(clean)])
+    w = other["accuracy_tests"]["zeroshot"]
+    assert w["test"] == "welch_t" and w["n_pairs"] is None and w["p_value"] > 0.5
+
+
+def test_summarise_counts_the_distinct_targets_behind_pooled_targeted_success():
+    from poisonclip.evaluate.api import summarise
+
+    def m(targets):
+        return {"schema": "poisonclip.metrics/1", "clean": {"zeroshot": {"top1": Rate(9, 10).to_dict()}},
+                "targeted": {"targets": [{"id": f"t{i}", "label": lab, "source_sha256": sha}
+                                         for i, (sha, lab) in enumerate(targets)],
+                             "summary": {"zeroshot": {"success": Rate(len(targets), len(targets)).to_dict()}}}}
+
+    same = [("a" * 64, "star"), ("b" * 64, "moon")]
+    s = summarise([m(same), m(same), m(same)])["targeted_success_zeroshot"]
+    assert s["pooled"]["n"] == 6 and s["n_distinct_targets"] == 2
+    fresh = summarise([m([(str(i) * 64, "star"), (str(i + 5) * 64, "moon")]) for i in range(3)])
+    assert fresh["targeted_success_zeroshot"]["n_distinct_targets"] == 6

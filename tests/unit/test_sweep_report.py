@@ -116,7 +116,9 @@ def test_report_draws_each_figure_whose_axis_the_sweep_has(fake_sweep, tmp_path)
     assert (summary[f"{rate} ci95_lo"] <= summary[f"{rate} mean"]).all()
     assert (summary[f"{rate} mean"] <= summary[f"{rate} ci95_hi"]).all()
     acc = pd.read_csv(res.tables["accuracy_tests"])
-    assert set(acc["test"]) == {"welch_t"} and len(acc) == len(summary)
+    # each row pairs a poisoned model with the clean model of its seed: the paired test, 2 pairs
+    assert "paired_t" in set(acc["test"]) <= {"paired_t", "none"}  # none: equal differences, t undefined
+    assert set(acc["n_pairs"]) == {2} and len(acc) == len(summary)
 
 
 def test_report_on_a_sweep_with_one_axis_only_draws_what_applies(tmp_path):
@@ -126,3 +128,33 @@ def test_report_on_a_sweep_with_one_axis_only_draws_what_applies(tmp_path):
     res = build_report(tmp_path / "s")
     assert set(res.figures) == {"fig6_zscore_vs_patch_size", "fig3_similarity", "clean_accuracy"}
     assert res.html == tmp_path / "s" / "report" / "report.html"
+
+
+def test_targeted_rows_count_distinct_targets_and_accuracy_is_paired_by_seed():
+    from poisonclip.report.sweep_report import _display, accuracy_tests, summary_table
+
+    clean = [0.80, 0.85, 0.90, 0.75, 0.95, 0.70]
+    poisoned = [0.79, 0.841, 0.889, 0.742, 0.939, 0.69]
+    rows = []
+    for seed in range(6):
+        targets = "aaa:star;bbb:moon" if seed < 3 else f"c{seed}:star;d{seed}:moon"  # 3 seeds share targets
+        rows.append({"seed": seed, "poison.n_poisons": 4,
+                     "poisoned.top1_zeroshot": poisoned[seed], "poisoned.top1_zeroshot_k": round(poisoned[seed] * 1000),
+                     "poisoned.top1_zeroshot_n": 1000,
+                     "clean.top1_zeroshot": clean[seed], "clean.top1_zeroshot_k": round(clean[seed] * 1000),
+                     "clean.top1_zeroshot_n": 1000,
+                     "poisoned.targeted_success_zeroshot": 1.0, "poisoned.targeted_success_zeroshot_k": 2,
+                     "poisoned.targeted_success_zeroshot_n": 2, "poisoned.targeted_targets": targets})
+    df = pd.DataFrame(rows)
+    summary = summary_table(df, [])
+    col = "poisoned.targeted_success_zeroshot"
+    assert summary.loc[0, f"{col} distinct_targets"] == 2 + 3 * 2
+    assert summary.loc[0, f"{col} targets_per_model"] == 2
+    cell = _display(summary).loc[0, "poisoned.targeted_success"]
+    assert cell.endswith("(12/12: 2 targets x 6 models, 8 distinct)"), cell
+    acc, _ = accuracy_tests(df, [])
+    assert acc.loc[0, "test"] == "paired_t" and acc.loc[0, "n_pairs"] == 6 and acc.loc[0, "p_value"] < 1e-3
+    assert acc.loc[0, "significant_loss"]
+    # without a seed column the rows cannot be paired: Welch's test, which sees no loss here
+    welch, _ = accuracy_tests(df.drop(columns=["seed"]), [])
+    assert welch.loc[0, "test"] == "welch_t" and welch.loc[0, "p_value"] > 0.5

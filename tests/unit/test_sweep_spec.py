@@ -106,3 +106,17 @@ def test_load_spec_reports_bad_yaml_and_missing_file(tmp_path):
     assert s.name == "my-sweep" and s.axes == ("seed",)
     assert parse_spec(s.to_dict(), allow_custom_stages=True) == parse_spec(s.to_dict(), allow_custom_stages=True)
     assert parse_spec(s.to_dict(), source=s.source, default_name="x", allow_custom_stages=True).grids == s.grids
+
+
+def test_seed_axis_reaches_poisons_training_and_evaluation():
+    """Each replicate is an independent draw end to end: poisons, model and the evaluation's
+    random choices (test-time patch positions, probe split) all follow the trial's seed."""
+    from poisonclip.experiments.stages import PoisonclipStages
+
+    trials = expand(spec(stages="poisonclip", poison={"attack": "targeted", "random_targets": 2, "n_poisons": 3},
+                         grid={"seed": [0, 3]}), PoisonclipStages().resolve)
+    t = {tr.params["seed"]: tr for tr in trials}
+    for seed in (0, 3):
+        cfg = t[seed].config
+        assert cfg["poison"]["seed"] == cfg["train"]["seed"] == cfg["eval"]["seed"] == seed
+    assert t[0].keys.poison != t[3].keys.poison  # new targets per seed

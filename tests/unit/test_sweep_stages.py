@@ -105,3 +105,53 @@ def test_paper_scale_cluster_specs_are_valid_but_for_their_data_paths(tmp_path):
                     cfg["seed"] = values[0]
             S.resolve(stage, cfg)
         SubmititRunner(cluster="local", parameters=spec.cluster).executor(tmp_path / path.stem)
+
+
+@pytest.fixture(scope="module")
+def synth_entry(tmp_path_factory):
+    """A small synthetic corpus written by the sweep's corpus stage (with its probe split)."""
+    out = tmp_path_factory.mktemp("corpus") / "entry"
+    S.corpus(S.resolve("corpus", {"n_train": 60, "n_test": 30, "n_probe": 20}), out)
+    return out
+
+
+def test_corpus_stage_writes_a_probe_split_and_evaluate_trains_the_probe_on_it(synth_entry, tmp_path,
+                                                                                monkeypatch):
+    import poisonclip.evaluate.api as api
+
+    paths = corpus_paths(synth_entry)
+    assert paths.probe == str(synth_entry / "probe.tsv") and paths.probe != paths.test
+    seen = []
+    monkeypatch.setattr(api, "evaluate", lambda cfg: seen.append(cfg) or {})
+    S.evaluate(S.resolve("eval", {}), tmp_path / "run", synth_entry, None, tmp_path / "e")
+    assert str(seen[-1].probe_train) == paths.probe and str(seen[-1].data) == paths.test
+    mine = tmp_path / "mine.tsv"
+    S.evaluate(S.resolve("eval", {"probe_train": str(mine)}), tmp_path / "run", synth_entry, None, tmp_path / "e")
+    assert str(seen[-1].probe_train) == str(mine)  # a spec's own probe set wins
+    S.evaluate(S.resolve("eval", {"probe": False}), tmp_path / "run", synth_entry, None, tmp_path / "e")
+    assert seen[-1].probe_train is None
+
+
+def test_targeted_sweep_draws_its_targets_from_the_held_out_test_split(synth_entry, tmp_path):
+    import json
+
+    cfg = S.resolve("poison", {"attack": "targeted", "random_targets": 3, "n_poisons": 2, "seed": 4})
+    S.poison(cfg, synth_entry, tmp_path / "p")
+    info = json.loads((tmp_path / "p" / "poison.json").read_text())
+    assert info["config"]["target_source"] == corpus_paths(synth_entry).test
+    assert len(info["targets"]) == 3 and all(t["source_key"].startswith("synth-test-") for t in info["targets"])
+    bad = S.resolve("poison", {"attack": "targeted", "random_targets": 1, "n_poisons": 2,
+                               "target_source": corpus_paths(synth_entry).train})
+    with pytest.raises(UserError, match="held-out"):
+        S.poison(bad, synth_entry, tmp_path / "q")
+
+
+def test_flat_metrics_names_the_targets_behind_a_success_rate():
+    rate = lambda k, n: {"k": k, "n": n, "rate": k / n, "ci95": [0, 1]}  # noqa: E731
+    m = {"targeted": {"summary": {"zeroshot": {"success": rate(1, 2), "mean_rank": 1.5}},
+                      "targets": [{"id": "t001", "label": "star", "source_sha256": "b" * 64},
+                                  {"id": "t000", "label": "moon", "source_sha256": "a" * 64}]},
+         "excluded_targets": {"data": 2, "probe_train": 0}}
+    f = flat_metrics(m)
+    assert f["targeted_targets"] == f"{'a' * 16}:moon;{'b' * 16}:star"
+    assert f["excluded_targets"] == 2 and f["targeted_success_zeroshot_k"] == 1

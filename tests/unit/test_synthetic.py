@@ -104,3 +104,31 @@ def test_invalid_config():
         SynthConfig(p_wrong_label=1.5)
     with pytest.raises(ValueError):
         SynthConfig(ext="jpg")
+
+
+def test_probe_split_is_labelled_balanced_and_apart_from_test_and_train():
+    c = generate(SynthConfig(seed=3, n_train=50, n_test=40, n_probe=30))
+    assert len(c.probe) == 30 and all(s.key.startswith("synth-probe-") for s in c.probe)
+    counts = Counter(s.meta["label"] for s in c.probe)
+    assert set(counts) == set(range(10)) and max(counts.values()) - min(counts.values()) <= 1
+    others = {s.image for s in c.train + c.test}
+    assert not any(s.image in others for s in c.probe)
+
+
+def test_adding_the_probe_split_leaves_train_and_test_unchanged(tmp_path):
+    """Train and test files are byte-identical with and without a probe split (own streams)."""
+    from poisonclip.data.corpus import PROBE_CSV, write_corpus
+    from poisonclip.io_utils import sha256_file
+
+    def digests(root):
+        return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "corpus.json" and "probe" not in p.relative_to(root).as_posix()}
+
+    a = write_corpus(SynthConfig(n_train=40, n_test=20, n_probe=0), tmp_path / "a").root
+    b = write_corpus(SynthConfig(n_train=40, n_test=20, n_probe=20), tmp_path / "b").root
+    assert digests(a) == digests(b) and len(digests(a)) > 40
+    assert not (a / PROBE_CSV).exists() and (b / PROBE_CSV).is_file()
+    from poisonclip.data.evalset import read_labelled_csv
+
+    probe = read_labelled_csv(b / PROBE_CSV)
+    assert len(probe.samples) == 20 and probe.classnames == list(CLASSNAMES)

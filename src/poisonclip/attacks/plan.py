@@ -9,6 +9,7 @@ depend on the order in which items are processed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -109,3 +110,27 @@ def check_common(n_poisons_total: int, seed: int, noise_sigma: float, poison_sha
         raise UserError(f"--poison-shards: must be positive, got {poison_shards}")
     if not shard_prefix or any(c in shard_prefix for c in "/\\{}:"):
         raise UserError(f"--shard-prefix: {shard_prefix!r} must be non-empty, without / \\ {{ }} :")
+
+
+# A poison shard may hold at most this many times the poisons per shard of an even spread over
+# as many shards as the clean data has (the writer's default) before it is called bunched.
+SHARD_BUNCHING_FACTOR = 2.0
+
+
+def shard_bunching(n_poisons: int, n_poison_shards: int, n_clean_shards: int) -> str | None:
+    """A warning when the poisons are concentrated in too few WebDataset shards, else None.
+
+    open_clip reads each shard's samples together (shards are shuffled, samples only within a
+    small buffer), so poisons crowded into a few shards arrive in a few batches of the epoch,
+    not spread through it like the clean data: a different, weaker attack than the paper's.
+    """
+    if n_poisons <= 0 or n_poison_shards <= 0 or n_clean_shards <= 0:
+        return None
+    even = n_poisons / n_clean_shards
+    most = math.ceil(n_poisons / n_poison_shards)
+    if most <= SHARD_BUNCHING_FACTOR * max(1.0, even):
+        return None
+    return (f"poison_shards={n_poison_shards}: up to {most} of the {n_poisons} poisons share one shard, more "
+            f"than {SHARD_BUNCHING_FACTOR:g}x the {even:.3g} per shard of a spread over the {n_clean_shards} "
+            "clean shards, so they reach training bunched in a few batches; leave poison_shards unset "
+            "(one poison shard per clean shard) to spread them like the clean data")

@@ -4,6 +4,11 @@ Several targets can be poisoned into one dataset, each with its own image x', la
 number of copies and caption source (the paper poisons many targets per trained model and
 scores success over (model, target) pairs). Targets are image files, keys of a dataset, or
 drawn at random from a held-out labelled set with a random wrong label, as in section 4.2.
+
+Random targets never come from the training data itself: such an image already sits in the
+data with its true caption, so the attack would have to overturn a clean pair the paper's
+targets never have. A target named explicitly by a key of the training data is allowed (a
+deliberate choice) and recorded as a warning in poison.json.
 """
 
 from __future__ import annotations
@@ -160,6 +165,10 @@ def _resolve_targets(cfg: TargetedConfig, data: str, lookup: str, classnames: li
     if cfg.random_targets:
         if not classnames:
             raise UserError("--random-targets: needs a class list to draw labels from; pass --classnames")
+        if lookup == data:
+            raise UserError("--random-targets: draws targets from the training data, where each already sits "
+                            "with its true caption; pass --target-source with a held-out labelled set "
+                            "(e.g. the corpus' test.tsv)")
         rng = rng_for(cfg.seed, "random-targets")
         fmt_lookup = CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep)
         draw = draw_sources(lookup, cfg.random_targets, rng, label_key=cfg.label_key, fmt=fmt_lookup,
@@ -245,10 +254,15 @@ def plan_targeted(cfg: TargetedConfig) -> Plan:
             "source_sha256": sha256_bytes(t.image), "true_label": t.true_label,
             "captions_found": len(cs.captions), "captions_scanned": cs.n_scanned,
         })
+    in_training = [t.id for t in targets if t.source.startswith("key:") and lookup == data]
+    warnings = ([f"target(s) {', '.join(in_training)} are images of the training data itself, where each "
+                 "already sits with its true caption; the paper's targets are held-out images "
+                 "(--target-source)"] if in_training else [])
     pngs = tuple(TargetImage(t.id, t.label, encode_image(decode_image(t.image), "png")) for t in targets)
     config = {"attack": "targeted", **jsonable(cfg), "data": data, "target_source": lookup,
               "classnames": cn_path}
     config["targets"] = [{**jsonable(t), "image": _target_source(t.image)} for t in cfg.targets]
     return Plan(attack="targeted", seed=cfg.seed, dataset=data, fmt=cfg.fmt, items=items,
-                section={"targets": section}, config=config, targets=pngs, skipped=dict(report),
+                section={"targets": section, **({"warnings": warnings} if warnings else {})},
+                config=config, targets=pngs, skipped=dict(report),
                 poison_shards=cfg.poison_shards, shard_prefix=cfg.shard_prefix)

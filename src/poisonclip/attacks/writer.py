@@ -30,7 +30,7 @@ import numpy as np
 from poisonclip.attacks import triggers
 from poisonclip.attacks.evasion import add_noise
 from poisonclip.attacks.manifest import MANIFEST_FILE, ManifestRow, write_manifest
-from poisonclip.attacks.plan import Plan, PoisonItem, rng_for
+from poisonclip.attacks.plan import Plan, PoisonItem, rng_for, shard_bunching
 from poisonclip.attacks.registry import TRIGGERS
 from poisonclip.attacks.sources import shard_sizes
 from poisonclip.data import dataset_kind
@@ -64,6 +64,7 @@ class PoisonResult:
     n_poisons: int
     skipped: dict[str, int] = field(default_factory=dict)          # clean rows left out (CSV)
     skipped_reading: dict[str, int] = field(default_factory=dict)  # unusable samples the attack met
+    warnings: tuple[str, ...] = ()                                 # also in poison.json
 
     @property
     def manifest(self) -> Path:
@@ -136,6 +137,7 @@ class _WdsLayout:
     clean_sizes: list[int]
     poison_names: list[str]
     train_data: str
+    warnings: tuple[str, ...] = ()
 
 
 def _spec_of(paths: list[Path]) -> str:
@@ -183,7 +185,8 @@ def _wds_layout(plan: Plan, out: Path, report: SkipReport) -> _WdsLayout:
     sizes = shard_sizes(clean, report)
     poison_paths = [out / nm for nm in poison_names]
     train_data = _spec_of(poison_paths) + "::" + _spec_of(clean)
-    return _WdsLayout(clean, sizes, poison_names, train_data)
+    bunched = shard_bunching(n, k, len(clean))
+    return _WdsLayout(clean, sizes, poison_names, train_data, (bunched,) if bunched else ())
 
 
 # --------------------------------------------------------------------------- writers
@@ -301,7 +304,10 @@ def write_poisoned(plan: Plan, out: str | os.PathLike, overwrite: bool = False) 
         }
         if layout is not None:
             info["poison_shards"] = layout.poison_names
+        warnings = tuple(plan.section.get("warnings", ())) + (tuple(layout.warnings) if layout is not None else ())
+        if warnings:
+            info["warnings"] = list(warnings)
         atomic_write_json(tmp / POISON_JSON, info)
     return PoisonResult(out=out, attack=plan.attack, dataset_type=kind, train_data=train_data,
                         num_samples=n_clean + n_p, n_clean=n_clean, n_poisons=n_p, skipped=dict(report),
-                        skipped_reading=dict(reading))
+                        skipped_reading=dict(reading), warnings=warnings)

@@ -54,8 +54,9 @@ def demo(
     for kind, t in res.summary.get("accuracy_tests", {}).items():
         p = t.get("p_value")
         verdict = "a significant loss" if t.get("significant_loss") else "no significant loss"
+        n = f"{t['n_pairs']} pairs" if t.get("paired") else f"{t.get('n_poisoned')} vs {t.get('n_clean')} models"
         console.print(f"clean accuracy, {kind} vs clean: {100 * t['diff']:+.1f} points "
-                      f"({t['test']}, p={'n/a' if p is None else f'{p:.3g}'}): {verdict}")
+                      f"({t['test']}, {n}, p={'n/a' if p is None else f'{p:.3g}'}): {verdict}")
     console.print(f"report: [bold]{res.report}[/]")
     console.print(f"total time: {res.wall_s / 60:.1f} min")
 

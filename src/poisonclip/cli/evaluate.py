@@ -122,7 +122,9 @@ def compare_command(
         if "per_model" in s:
             pm, po = s["per_model"], s["pooled"]
             std = f" +- {100 * pm['std']:.1f}" if pm["std"] is not None else ""
-            return f"{100 * pm['mean']:.1f}%{std}  (pooled {_pct(po)})"
+            distinct = (f", {po['n']} target-model pairs of {s['n_distinct_targets']} distinct targets"
+                        if "n_distinct_targets" in s else "")
+            return f"{100 * pm['mean']:.1f}%{std}  (pooled {_pct(po)}{distinct})"
         std = f" +- {s['std']:.2f}" if s["std"] is not None else ""
         return f"{s['mean']:.2f}{std}"
 

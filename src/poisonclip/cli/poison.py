@@ -50,6 +50,8 @@ def _summary(result) -> None:
     if result.skipped_reading:
         t.add_row("unusable samples met", _counts(result.skipped_reading))
     console.print(t)
+    for w in getattr(result, "warnings", ()):
+        console.print(f"warning: {w}", markup=False, highlight=False)
     cmd = shlex.join(["python", "-m", "open_clip_train.main", "--train-data", result.train_data,
                       "--dataset-type", result.dataset_type])
     if result.dataset_type == "csv":  # open_clip's defaults, except that bash needs $'\t' for a tab
@@ -176,8 +178,8 @@ def targeted(
     target_id: Annotated[Optional[List[str]], typer.Option(
         help="Names of the targets (default t000, t001, ...).")] = None,
     random_targets: Annotated[int, typer.Option(
-        help="Also draw this many targets from --target-source, each with a random wrong label "
-             "from the class list.")] = 0,
+        help="Also draw this many targets from --target-source (a held-out labelled set, required), "
+             "each with a random wrong label from the class list.")] = 0,
     target_source: Annotated[Optional[str], typer.Option(
         help="Dataset holding target keys / random targets, e.g. a held-out test.tsv (default: DATA).")] = None,
     caption_file: Annotated[Optional[List[Path]], typer.Option(

@@ -1,7 +1,8 @@
 """Write the embedded synthetic corpus through the same writers as any real dataset.
 
 The rest of the pipeline then cannot tell it from a user's scrape: a CSV for open_clip, the
-same samples as WebDataset shards, a labelled test split and the class names.
+same samples as WebDataset shards, a labelled test split, a labelled probe-training split
+(``probe.tsv``, written when ``n_probe > 0``) and the class names.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from poisonclip.io_utils import OutputKind, atomic_dir, atomic_write_json, sha25
 
 TRAIN_CSV = "train.tsv"
 TEST_CSV = "test.tsv"
+PROBE_CSV = "probe.tsv"
+PROBE_IMAGES = "probe_images"
 SHARDS_DIR = "shards"
 INFO_FILE = "corpus.json"
 # What `--overwrite` may replace: a folder holding a valid corpus.json (written last).
@@ -42,6 +45,12 @@ class CorpusPaths:
         return self.root / TEST_CSV
 
     @property
+    def probe_csv(self) -> Path | None:
+        """The labelled probe-training split, if the corpus has one."""
+        p = self.root / PROBE_CSV
+        return p if p.is_file() else None
+
+    @property
     def classnames(self) -> Path:
         return self.root / "classnames.txt"
 
@@ -57,12 +66,16 @@ def write_corpus(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, .
         if "webdataset" in formats:
             write_shards(corpus.train, tmp / SHARDS_DIR, shard_size=shard_size)
         files[TEST_CSV] = write_labelled_csv(corpus.test, corpus.classnames, tmp, name=TEST_CSV)
+        if corpus.probe:
+            files[PROBE_CSV] = write_labelled_csv(corpus.probe, corpus.classnames, tmp, name=PROBE_CSV,
+                                                  image_dir=PROBE_IMAGES)
         atomic_write_json(tmp / INFO_FILE, {
             "generator": "poisonclip.data.synthetic",
             "config": dataclasses.asdict(cfg),
             "classnames": corpus.classnames,
             "n_train": len(corpus.train),
             "n_test": len(corpus.test),
+            "n_probe": len(corpus.probe),
             "formats": list(formats),
             "sha256": {name: sha256_file(p) for name, p in sorted(files.items())},
         })

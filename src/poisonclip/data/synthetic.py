@@ -39,7 +39,9 @@ targeted poisoning). Every design choice below serves one of those figures:
   vectorised per image (2x supersampled masks, box-filtered down) so the demo corpus takes
   seconds.
 
-The ground-truth class is kept in ``meta["label"]`` for train and test samples alike (also
+Three splits: ``train`` (captioned pairs to train on), ``test`` (labelled, held out: clean
+accuracy, ASR, targets) and ``probe`` (labelled, for training a linear probe apart from the
+test split). The ground-truth class is kept in ``meta["label"]`` for every sample (also
 when the caption names the wrong class or none), because the backdoor must exclude
 target-class images and the evaluation needs labels.
 """
@@ -140,6 +142,9 @@ class SynthConfig:
 
     n_train: int = 5000
     n_test: int = 1000
+    # Labelled images of their own for training a linear probe, apart from the test split (the
+    # paper's probe trains on ImageNet training images, never on the images it is scored on).
+    n_probe: int = 1000
     n_classes: int = 10
     resolution: int = 32
     seed: int = 0
@@ -166,8 +171,8 @@ class SynthConfig:
             raise ValueError(f"n_classes must be in 1..{len(CLASSNAMES)}, got {self.n_classes}")
         if not 16 <= self.resolution <= 512:
             raise ValueError(f"resolution must be in 16..512, got {self.resolution}")
-        if self.n_train < 0 or self.n_test < 0:
-            raise ValueError("n_train and n_test must be >= 0")
+        if self.n_train < 0 or self.n_test < 0 or self.n_probe < 0:
+            raise ValueError("n_train, n_test and n_probe must be >= 0")
         for name in ("p_no_mention", "p_wrong_label", "p_prompt_like", "p_synonym",
                      "p_plural", "p_color_word", "p_attributes", "p_gradient"):
             v = getattr(self, name)
@@ -187,9 +192,12 @@ class SynthCorpus:
     test: list[Sample]
     classnames: list[str]
     config: SynthConfig = field(default_factory=SynthConfig)
+    probe: list[Sample] = field(default_factory=list)
 
 
-_SPLIT_IDS = {"train": 1, "test": 2}
+# Each split draws from its own seeded streams, so adding the probe split (3) left the train
+# and test images byte for byte what they were.
+_SPLIT_IDS = {"train": 1, "test": 2, "probe": 3}
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -391,4 +399,5 @@ def generate(cfg: SynthConfig | None = None) -> SynthCorpus:
         test=_make_split(cfg, "test", cfg.n_test),
         classnames=list(CLASSNAMES[: cfg.n_classes]),
         config=cfg,
+        probe=_make_split(cfg, "probe", cfg.n_probe),
     )

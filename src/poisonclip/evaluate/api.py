@@ -90,6 +90,8 @@ class TargetSpec:
     id: str
     label: str
     image: Path
+    source_sha256: str = ""    # sha256 of the target's original image bytes (poison.json)
+    source_key: str = ""       # its key in the set it was drawn from (``target_source``)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class PoisonInfo:
     attack: str
     backdoor: BackdoorSpec | None
     targets: tuple[TargetSpec, ...]
+    target_source: str | None = None   # the labelled set the targets were taken from (absolute)
 
 
 def read_poison(folder: str | os.PathLike) -> PoisonInfo:
@@ -122,14 +125,18 @@ def read_poison(folder: str | os.PathLike) -> PoisonInfo:
             if backdoor.patch_size <= 0:
                 raise ValueError("patch_size must be positive")
         elif attack == "targeted":
-            targets = tuple(TargetSpec(str(t["id"]), str(t["label"]), root / t["image"]) for t in info["targets"])
+            targets = tuple(TargetSpec(str(t["id"]), str(t["label"]), root / t["image"],
+                                       str(t.get("source_sha256") or ""), str(t.get("source_key") or ""))
+                            for t in info["targets"])
             if not targets:
                 raise ValueError("no targets")
         else:
             raise ValueError(f"attack {attack!r} is neither 'backdoor' nor 'targeted'")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); rewrite it with `poisonclip poison`") from None
-    return PoisonInfo(path.resolve(), sha256_file(path), attack, backdoor, targets)
+    source = (info.get("config") or {}).get("target_source") if attack == "targeted" else None
+    return PoisonInfo(path.resolve(), sha256_file(path), attack, backdoor, targets,
+                      str(source) if source else None)
 
 
 def _class_index(label: str, classnames: Sequence[str], where: str) -> int:
@@ -139,11 +146,13 @@ def _class_index(label: str, classnames: Sequence[str], where: str) -> int:
     return list(classnames).index(label)
 
 
-def _identity(ls: LabelledSet, path: Path, report: SkipReport) -> dict[str, Any]:
+def _identity(ls: LabelledSet, path: Path, report: SkipReport,
+              digests: Sequence[str] | None = None) -> dict[str, Any]:
     """Hashes that pin the eval set: the table file itself and the labelled images it names."""
     h = hashlib.sha256()
-    for s in ls.samples:
-        h.update(f"{s.key}\t{s.meta['label']}\t{sha256_bytes(s.image)}\n".encode())
+    digests = digests if digests is not None else [sha256_bytes(s.image) for s in ls.samples]
+    for s, d in zip(ls.samples, digests):
+        h.update(f"{s.key}\t{s.meta['label']}\t{d}\n".encode())
     return {
         "path": str(path.resolve()),
         "sha256": sha256_file(path) if path.is_file() else None,
@@ -152,6 +161,38 @@ def _identity(ls: LabelledSet, path: Path, report: SkipReport) -> dict[str, Any]
         "classnames": list(ls.classnames),
         "skipped": dict(sorted(report.items())),
     }
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+
+
+def _without_targets(ls: LabelledSet, path: Path, poison: PoisonInfo | None
+                     ) -> tuple[LabelledSet, list[str], list[str]]:
+    """``ls`` without the images that are targets of the poisoned set, with the sha256 of
+    every image of ``ls`` (the full set, for its identity) and the keys taken out.
+
+    A target x' may come from a labelled set (``--target-source``: the test split, a probe
+    set); counted in clean accuracy it would score the attack's own image, and in a probe's
+    training split it would teach the probe its true label. It is found by the sha256 of its
+    original bytes (``source_sha256`` in poison.json) or of the saved ``targets/<id>.png``, and
+    by key when ``path`` is the very set the targets were drawn from.
+    """
+    digests = [sha256_bytes(s.image) for s in ls.samples]
+    if poison is None or not poison.targets:
+        return ls, digests, []
+    hashes = {t.source_sha256 for t in poison.targets if t.source_sha256}
+    for t in poison.targets:
+        if t.image.is_file():
+            hashes.add(sha256_file(t.image))
+    keys = ({t.source_key for t in poison.targets if t.source_key}
+            if poison.target_source and _same_file(poison.target_source, path) else set())
+    drop = [i for i, (s, d) in enumerate(zip(ls.samples, digests)) if d in hashes or s.key in keys]
+    if not drop:
+        return ls, digests, []
+    gone = set(drop)
+    kept = LabelledSet([s for i, s in enumerate(ls.samples) if i not in gone], ls.classnames)
+    return kept, digests, [ls.samples[i].key for i in drop]
 
 
 def _images(ls: LabelledSet, indices: Sequence[int] | None = None) -> Iterator[Image.Image]:
@@ -247,11 +288,15 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise UserError(f"{data_path}: eval set not found; give a labelled table (e.g. test.tsv) or an image folder")
     ls = load_labelled(data_path, cfg.classnames, report)
     classnames = list(ls.classnames)
+    poison = read_poison(cfg.poison) if cfg.poison is not None else None
+    full_set = ls
+    ls, digests, excluded = _without_targets(ls, data_path, poison)
     labels = np.asarray(ls.labels, dtype=np.int64)
     if len(labels) < 2:
-        raise UserError(f"{data_path}: {len(labels)} readable labelled image(s); pairwise metrics need at least 2")
+        raise UserError(f"{data_path}: {len(labels)} readable labelled image(s)"
+                        + (f" once {len(excluded)} target image(s) are left out" if excluded else "")
+                        + "; pairwise metrics need at least 2")
     templates = load_templates(cfg.templates)
-    poison = read_poison(cfg.poison) if cfg.poison is not None else None
     target_idx = (_class_index(poison.backdoor.target_label, classnames, str(poison.path))
                   if poison and poison.backdoor else None)
     if target_idx is not None and not (labels != target_idx).any():
@@ -260,6 +305,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         _class_index(t.label, classnames, str(poison.path))
 
     probe_set, probe_report = None, SkipReport()
+    probe_full, probe_digests, probe_excluded = None, None, []
     if cfg.probe and cfg.probe_train is not None:
         if not Path(cfg.probe_train).exists():
             raise UserError(f"{cfg.probe_train}: --probe-train set not found")
@@ -267,6 +313,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         if list(probe_set.classnames) != classnames:
             raise UserError(f"{cfg.probe_train}: its class list {list(probe_set.classnames)} differs from the "
                             f"eval set's {classnames}; both must list the same classes in the same order")
+        probe_full = probe_set
+        probe_set, probe_digests, probe_excluded = _without_targets(probe_set, Path(cfg.probe_train), poison)
 
     say(f"loading {model_name} from {ckpt}")
     lm = load_model(model_name, ckpt, cfg.device)
@@ -274,8 +322,14 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         "schema": SCHEMA,
         "config": cfg.to_dict(),
         "model": {"name": lm.name, "checkpoint": str(lm.checkpoint), "checkpoint_sha256": lm.checkpoint_sha256,
-                  "run": str(Path(cfg.run).resolve()) if cfg.run else None},
-        "data": _identity(ls, data_path, report),
+                  "run": str(Path(cfg.run).resolve()) if cfg.run else None,
+                  "train_seed": _train_seed(cfg.run)},
+        "data": _identity(full_set, data_path, report, digests),
+        # Targets of the poisoned set found among the labelled images: left out of clean
+        # accuracy, the probe's training split, ASR and z-score (they are scored as targets).
+        "excluded_targets": {"data": len(excluded), "probe_train": len(probe_excluded),
+                             "keys": sorted(excluded + probe_excluded),
+                             "match": "sha256 of the image bytes, or key in the targets' source set"},
         "templates": {"source": cfg.templates or "openai", "n": len(templates), "templates": list(templates)},
         "versions": _versions(),
     }
@@ -293,7 +347,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
             say(f"embedding {len(probe_set.samples)} probe-training images")
             ptrain_emb = embed_images(lm, _images(probe_set), cfg.batch_size)
             ptrain_labels = np.asarray(probe_set.labels, dtype=np.int64)
-            split = {"source": "probe_train", **_identity(probe_set, Path(cfg.probe_train), probe_report)}
+            split = {"source": "probe_train",
+                     **_identity(probe_full, Path(cfg.probe_train), probe_report, probe_digests)}
         else:
             rng = np.random.default_rng([cfg.seed, _STREAM_PROBE_SPLIT])
             tr, probe_idx = stratified_split(labels, cfg.probe_fraction, rng)
@@ -422,7 +477,9 @@ def _targeted(lm: LoadedModel, targets: Sequence[TargetSpec], classnames: Sequen
     heads = {"zeroshot": zeroshot_scores(emb, weights)}
     if probe is not None:
         heads["probe"] = probe.scores(emb)
-    per_target: list[dict[str, Any]] = [{"id": t.id, "label": t.label, "label_index": int(y)}
+    per_target: list[dict[str, Any]] = [{"id": t.id, "label": t.label, "label_index": int(y),
+                                         "source_sha256": t.source_sha256 or None,
+                                         "source_key": t.source_key or None}
                                         for t, y in zip(targets, ys)]
     summary: dict[str, Any] = {}
     for head, scores in heads.items():
@@ -432,6 +489,17 @@ def _targeted(lm: LoadedModel, targets: Sequence[TargetSpec], classnames: Sequen
         summary[head] = {"success": Rate(sum(r.success for r in results), len(results)).to_dict(),
                          "mean_rank": float(np.mean([r.rank for r in results]))}
     return {"targets": per_target, "summary": summary}
+
+
+def _train_seed(run: Path | None) -> int | None:
+    """The training seed recorded in a run folder's run.json (pairs models across groups)."""
+    if run is None:
+        return None
+    try:
+        seed = json.loads((Path(run) / "run.json").read_text(encoding="utf-8")).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def _versions() -> dict[str, str]:
@@ -501,19 +569,42 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for pl in ("train_placement", "random", "corner"):
             out[f"asr_{pl}_{head}"] = _rate_summary(_rates(ms, "backdoor", "asr", pl, head))
         out[f"targeted_success_{head}"] = _rate_summary(_rates(ms, "targeted", "summary", head, "success"))
+        if out[f"targeted_success_{head}"] is not None:
+            # (target, model) pairs are independent only across distinct targets: say how many
+            ids = {f"{t.get('source_sha256') or t.get('id')}:{t.get('label')}"
+                   for m in ms for t in (m.get("targeted") or {}).get("targets", [])}
+            out[f"targeted_success_{head}"]["n_distinct_targets"] = len(ids)
     for pl in ("train_placement", "random", "corner"):
         zs = [m.get("backdoor", {}).get("zscore", {}).get(pl, {}).get("z") for m in ms]
         out[f"zscore_{pl}"] = mean_std(zs).to_dict() if all(z is not None for z in zs) else None
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _seed_pairs(poisoned: Sequence[Mapping[str, Any]], clean: Sequence[Mapping[str, Any]]
+                ) -> tuple[list[int], list[int]] | None:
+    """Index pairs (poisoned, clean) of models trained with the same seed, when the two groups
+    hold exactly the same seeds once each (``model.train_seed``, from run.json); else None."""
+    def seeds(ms: Sequence[Mapping[str, Any]]) -> list[Any]:
+        return [(m.get("model") or {}).get("train_seed") for m in ms]
+
+    sp, sc = seeds(poisoned), seeds(clean)
+    if None in sp or None in sc or len(set(sp)) != len(sp) or sorted(sp) != sorted(sc):
+        return None
+    order = sorted(sp)
+    return [sp.index(s) for s in order], [sc.index(s) for s in order]
+
+
 def compare(poisoned: Sequence[Mapping[str, Any]], clean: Sequence[Mapping[str, Any]],
             alpha: float = 0.05) -> dict[str, Any]:
-    """Summaries of both groups and the test of clean accuracy, poisoned vs clean models."""
+    """Summaries of both groups and the test of clean accuracy, poisoned vs clean models:
+    paired by training seed when both groups hold the same seeds, unpaired (Welch) otherwise."""
     res: dict[str, Any] = {"poisoned": summarise(poisoned), "clean": summarise(clean), "accuracy_tests": {}}
+    pairs = _seed_pairs(poisoned, clean)
     for head in ("zeroshot", "probe"):
         rp, rc = _rates(poisoned, "clean", head, "top1"), _rates(clean, "clean", head, "top1")
         if rp and rc:
+            if pairs is not None:
+                rp, rc = [rp[i] for i in pairs[0]], [rc[i] for i in pairs[1]]
             res["accuracy_tests"][head] = compare_accuracy(
-                [r.rate for r in rp], [r.rate for r in rc], alpha, rp, rc).to_dict()
+                [r.rate for r in rp], [r.rate for r in rc], alpha, rp, rc, paired=pairs is not None).to_dict()
     return res

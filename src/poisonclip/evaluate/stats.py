@@ -99,9 +99,9 @@ def mean_std(values: Sequence[float]) -> Summary:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Clean accuracy of poisoned models against clean models trained with the same seeds."""
+    """Clean accuracy of poisoned models against clean models (with the same seeds: paired)."""
 
-    test: str                 # "welch_t", "fisher_exact", or "none"
+    test: str                 # "paired_t", "welch_t", "fisher_exact", or "none"
     mean_poisoned: float
     mean_clean: float
     diff: float               # poisoned - clean
@@ -110,6 +110,11 @@ class Comparison:
     diff_ci95: tuple[float, float] | None
     alpha: float
     note: str
+    paired: bool = False      # the two groups are models trained with the same seeds, pair by pair
+    n_pairs: int | None = None
+    n_poisoned: int = 0
+    n_clean: int = 0
+    wilcoxon_p: float | None = None   # paired: Wilcoxon signed-rank p, where n pairs allows (see below)
 
     @property
     def significant(self) -> bool:
@@ -122,31 +127,47 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "test": self.test, "mean_poisoned": _finite(self.mean_poisoned),
+            "test": self.test, "paired": self.paired, "n_pairs": self.n_pairs,
+            "n_poisoned": self.n_poisoned, "n_clean": self.n_clean,
+            "mean_poisoned": _finite(self.mean_poisoned),
             "mean_clean": _finite(self.mean_clean), "diff": _finite(self.diff),
             "p_value": _finite(self.p_value) if self.p_value is not None else None,
             "statistic": _finite(self.statistic) if self.statistic is not None else None,
             "diff_ci95": [_finite(x) for x in self.diff_ci95] if self.diff_ci95 else None,
+            "wilcoxon_p": _finite(self.wilcoxon_p) if self.wilcoxon_p is not None else None,
             "alpha": self.alpha, "significant": self.significant,
             "significant_loss": self.significant_loss, "note": self.note,
         }
 
 
+# The smallest number of pairs at which the exact two-sided Wilcoxon signed-rank test can
+# reach p < 0.05 (with n pairs its smallest p is 2 / 2**n: 0.0625 at 5, 0.03125 at 6).
+WILCOXON_MIN_PAIRS = 6
+
+
 def compare_accuracy(poisoned: Sequence[float], clean: Sequence[float], alpha: float = 0.05,
                      poisoned_counts: Sequence[Rate] | None = None,
-                     clean_counts: Sequence[Rate] | None = None) -> Comparison:
+                     clean_counts: Sequence[Rate] | None = None, paired: bool = False) -> Comparison:
     """Two-sided test of mean clean accuracy, poisoned vs clean models.
 
-    * Both groups with >= 2 models: Welch's unequal-variance t-test over per-model
+    * ``paired=True``: ``poisoned[i]`` and ``clean[i]`` are models trained with the same seed
+      (the same initialisation and data order up to the poisons), so their accuracies are
+      not independent. With >= 2 pairs, the paired t-test over the per-seed differences
+      (``scipy.stats.ttest_rel``) with the 95% interval of the mean difference; with
+      ``WILCOXON_MIN_PAIRS`` (6) or more pairs the Wilcoxon signed-rank p-value is reported
+      beside it (``wilcoxon_p``) as a check that does not assume normal differences. The
+      pairing removes the seed-to-seed variation both models share, which Welch's test
+      would count as noise.
+    * Unpaired, both groups with >= 2 models: Welch's unequal-variance t-test over per-model
       accuracies (``scipy.stats.ttest_ind(equal_var=False)``), which counts seed-to-seed
       variation; its 95% interval for the difference is reported too.
-    * A group with a single model: no seed variance can be estimated, so Welch is undefined.
-      If per-model correct/total counts are given, Fisher's exact test on the pooled 2x2
-      table (correct/incorrect x poisoned/clean) is used instead; it only measures test-set
-      sampling noise and says nothing about seed-to-seed variation (stated in ``note``).
-      Without counts no test is run (``test == "none"``).
-    * Both groups without any spread (all values identical): t is undefined; p is reported
-      as None with the reason.
+    * A group with a single model (or a single pair): no seed variance can be estimated, so
+      the t-tests are undefined. If per-model correct/total counts are given, Fisher's exact
+      test on the pooled 2x2 table (correct/incorrect x poisoned/clean) is used instead; it
+      only measures test-set sampling noise and says nothing about seed-to-seed variation
+      (stated in ``note``). Without counts no test is run (``test == "none"``).
+    * No spread (all values, or all paired differences, identical): t is undefined; p is
+      reported as None with the reason.
     A non-significant result with few models is weak evidence of "no loss": read the
     interval of the difference, not only p.
     """
@@ -154,9 +175,32 @@ def compare_accuracy(poisoned: Sequence[float], clean: Sequence[float], alpha: f
     c = np.asarray(clean, dtype=np.float64)
     if p.size == 0 or c.size == 0:
         raise ValueError("need at least one poisoned and one clean model")
+    if paired and p.size != c.size:
+        raise ValueError(f"paired comparison needs as many clean as poisoned models, got {p.size} and {c.size}")
     mp, mc = float(p.mean()), float(c.mean())
-    base = dict(mean_poisoned=mp, mean_clean=mc, diff=mp - mc, alpha=alpha)
-    if p.size >= 2 and c.size >= 2:
+    base: dict[str, Any] = dict(mean_poisoned=mp, mean_clean=mc, diff=mp - mc, alpha=alpha, paired=paired,
+                                n_pairs=int(p.size) if paired else None, n_poisoned=int(p.size),
+                                n_clean=int(c.size))
+    if paired and p.size >= 2:
+        d = p - c
+        if d.std() == 0:
+            return Comparison("none", p_value=None, statistic=None, diff_ci95=None,
+                              note=f"paired over {p.size} seeds, but every pair differs by the same amount; "
+                                   "the paired t statistic is undefined", **base)
+        r = _st.ttest_rel(p, c)
+        ci = r.confidence_interval(0.95)
+        wil = None
+        if p.size >= WILCOXON_MIN_PAIRS:
+            try:
+                wil = float(_st.wilcoxon(p, c).pvalue)
+            except ValueError:  # too few non-zero differences
+                wil = None
+        note = f"paired t-test over {p.size} pairs of models with the same seed (df={p.size - 1})"
+        note += (f"; Wilcoxon signed-rank p={wil:.3g}" if wil is not None else
+                 f"; Wilcoxon signed-rank not run (needs >= {WILCOXON_MIN_PAIRS} pairs to reach p < 0.05)")
+        return Comparison("paired_t", p_value=float(r.pvalue), statistic=float(r.statistic),
+                          diff_ci95=(float(ci.low), float(ci.high)), note=note, wilcoxon_p=wil, **base)
+    if not paired and p.size >= 2 and c.size >= 2:
         if p.std() == 0 and c.std() == 0:
             return Comparison("none", p_value=None, statistic=None, diff_ci95=None,
                               note="no spread within either group; the t statistic is undefined", **base)
@@ -164,7 +208,7 @@ def compare_accuracy(poisoned: Sequence[float], clean: Sequence[float], alpha: f
         ci = r.confidence_interval(0.95)
         return Comparison("welch_t", p_value=float(r.pvalue), statistic=float(r.statistic),
                           diff_ci95=(float(ci.low), float(ci.high)),
-                          note=f"Welch's t-test over {p.size} poisoned and {c.size} clean models "
+                          note=f"Welch's t-test (unpaired) over {p.size} poisoned and {c.size} clean models "
                                f"(df={float(r.df):.1f})", **base)
     if poisoned_counts and clean_counts:
         kp, kc = pooled_rate(poisoned_counts), pooled_rate(clean_counts)

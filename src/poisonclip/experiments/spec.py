@@ -13,8 +13,10 @@ A spec has a base config per stage and a grid over any of their fields::
       seed: [0, 1, 2]
 
 ``seed`` is the replicate axis: it is written into every field named in ``seed_fields``
-(default: the poisoning seed and the training seed), so each seed is an independent draw of
-poisons and of model initialisation and data order, as the paper's "8 models per point".
+(default: the poisoning, training and evaluation seeds), so each seed is an independent draw of
+poisons (sources, positions, targets), of model initialisation and data order, and of the
+evaluation's random choices (test-time patch positions, probe split), as the paper's "8 models
+per point".
 
 Parsing is strict (unknown top-level keys, unknown stage sections and non-list grid values are
 ``UserError``s naming the field) because a typo in a sweep costs hours of compute before anyone
@@ -38,7 +40,7 @@ from poisonclip.errors import UserError
 
 STAGES = ("corpus", "poison", "train", "eval")
 SEED_AXIS = "seed"
-DEFAULT_SEED_FIELDS = ("poison.seed", "train.seed")
+DEFAULT_SEED_FIELDS = ("poison.seed", "train.seed", "eval.seed")
 TOP_LEVEL = {"name", "description", "stages", "seed_fields", "baseline", "grid", "cluster",
              "report", *STAGES}
 SCALARS = (str, int, float, bool, type(None))

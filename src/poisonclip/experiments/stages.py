@@ -142,7 +142,7 @@ def _n_params(checkpoint: Path | None) -> int | None:
     return int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel")))
 
 
-_EXTERNAL_FIELDS = {"path", "train", "test", "classnames"}
+_EXTERNAL_FIELDS = {"path", "train", "test", "classnames", "probe"}
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,12 @@ class CorpusPaths:
     train: str                  # training data: CSV/TSV table or WebDataset shards
     test: str                   # labelled eval set: table with a label column, or ImageFolder
     classnames: str | None      # class list (None: classnames.txt beside the eval table)
+    probe: str | None = None    # labelled set that trains the linear probe (None: eval.probe_train or a split)
 
 
 def _resolve_external(config: dict[str, Any]) -> dict[str, Any]:
     """A corpus the user already has: ``path: DIR`` laid out like `poisonclip data synth`
-    output, or ``train:`` + ``test:`` (+ ``classnames:``) anywhere. Identified by absolute
+    output, or ``train:`` + ``test:`` (+ ``classnames:``, ``probe:``) anywhere. Identified by absolute
     paths and file sizes (the data are not hashed: a sweep must not read CC3M to start)."""
     unknown = sorted(set(config) - _EXTERNAL_FIELDS)
     if unknown:
@@ -165,13 +166,18 @@ def _resolve_external(config: dict[str, Any]) -> dict[str, Any]:
             raise UserError("sweep spec: corpus: give either path or train + test, not both")
         root = Path(config["path"]).expanduser().resolve()
         ext = {"train": str(root / "train.tsv"), "test": str(root / "test.tsv"),
-               "classnames": str(root / "classnames.txt") if (root / "classnames.txt").is_file() else None}
+               "classnames": str(root / "classnames.txt") if (root / "classnames.txt").is_file() else None,
+               "probe": str(root / "probe.tsv") if (root / "probe.tsv").is_file() else None}
     else:
         missing = [k for k in ("train", "test") if k not in config]
         if missing:
             raise UserError(f"sweep spec: corpus: {missing} missing; an existing corpus needs train and test")
-        ext = {k: (_abs(config[k]) if config.get(k) else None) for k in ("train", "test", "classnames")}
-    for key in ("train", "test", "classnames"):
+        ext = {k: (_abs(config[k]) if config.get(k) else None) for k in ("train", "test", "classnames", "probe")}
+    if ext.get("probe") is None:
+        ext.pop("probe", None)   # keeps the key of a corpus without a probe set as it was
+    for key in ("train", "test", "classnames", "probe"):
+        if key not in ext:
+            continue
         value = ext[key]
         if value and "::" not in value and "{" not in value and not Path(value).exists():
             raise UserError(f"sweep spec: corpus.{key}: {value} not found")
@@ -192,9 +198,10 @@ def corpus_paths(folder: Path) -> CorpusPaths:
     ext = folder / EXTERNAL_CORPUS
     if ext.is_file():
         d = json.loads(ext.read_text(encoding="utf-8"))
-        return CorpusPaths(d["train"], d["test"], d.get("classnames"))
-    names = folder / "classnames.txt"
-    return CorpusPaths(str(folder / "train.tsv"), str(folder / "test.tsv"), str(names) if names.is_file() else None)
+        return CorpusPaths(d["train"], d["test"], d.get("classnames"), d.get("probe"))
+    names, probe = folder / "classnames.txt", folder / "probe.tsv"
+    return CorpusPaths(str(folder / "train.tsv"), str(folder / "test.tsv"), str(names) if names.is_file() else None,
+                       str(probe) if probe.is_file() else None)
 
 
 class PoisonclipStages:
@@ -273,7 +280,7 @@ class PoisonclipStages:
 
         cfg = SynthConfig(**config)
         write_corpus(cfg, out, formats=("csv",))
-        return {"n_train": cfg.n_train, "n_test": cfg.n_test}
+        return {"n_train": cfg.n_train, "n_test": cfg.n_test, "n_probe": cfg.n_probe}
 
     def poison(self, config: Mapping[str, Any], corpus: Path, out: Path) -> dict[str, Any]:
         from poisonclip.attacks.api import poison
@@ -283,6 +290,16 @@ class PoisonclipStages:
         paths = corpus_paths(corpus)
         if paths.classnames and not config.get("classnames") and not config.get("no_classnames"):
             config["classnames"] = paths.classnames
+        if cls.attack == "targeted":
+            # Targets come from the held-out labelled set, never from the training data (a
+            # training image already sits there with its true caption); the evaluator leaves
+            # them out of clean accuracy.
+            source = config.get("target_source")
+            if not source:
+                config["target_source"] = paths.test
+            elif config.get("random_targets") and _same_spec(source, paths.train):
+                raise UserError("sweep spec: poison.target_source: random targets must come from a held-out "
+                                "labelled set, not the training data; leave it out to use the corpus' test split")
         cfg = cls(data=paths.train, out=str(out), **_poison_types(config))
         res = poison(cfg)
         total = res.n_clean + res.n_poisons
@@ -305,9 +322,15 @@ class PoisonclipStages:
 
         paths = corpus_paths(corpus)
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
+        if kwargs.get("probe", True) and not kwargs.get("probe_train") and paths.probe:
+            kwargs["probe_train"] = Path(paths.probe)   # the corpus' own probe split, apart from the test split
         cfg = EvalConfig(data=Path(paths.test), out=out, run=run, poison=poison,
                          classnames=Path(paths.classnames) if paths.classnames else None, **kwargs)
         return flat_metrics(evaluate(cfg))
+
+
+def _same_spec(a: str, b: str) -> bool:
+    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
 
 
 def _rate(prefix: str, node: Any, out: dict[str, Any]) -> None:
@@ -349,7 +372,19 @@ def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
         for head, s in tg.get("summary", {}).items():
             _rate(f"targeted_success_{head}", s.get("success"), out)
             out[f"targeted_rank_{head}"] = s.get("mean_rank")
+        # which targets stand behind the rate: distinct ones are counted over seeds in the report
+        out["targeted_targets"] = target_ids(tg.get("targets", []))
+    ex = m.get("excluded_targets")
+    if ex:
+        out["excluded_targets"] = ex.get("data", 0) + ex.get("probe_train", 0)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def target_ids(rows: Any) -> str:
+    """One target's identity is its image (sha256 of the source bytes, else its id) and its label;
+    the targets of one model as a ';'-joined, sorted string (a table cell)."""
+    ids = sorted(f"{(r.get('source_sha256') or r.get('id') or '')[:16]}:{r.get('label')}" for r in rows or ())
+    return ";".join(ids)
 
 
 def read_similarities(eval_dir: str | os.PathLike) -> dict[str, Any] | None:

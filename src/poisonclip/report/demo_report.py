@@ -56,25 +56,32 @@ def write_demo_report(path: str | os.PathLike, cfg: "DemoConfig", models: Sequen
     tests = []
     for kind, t in summary.get("accuracy_tests", {}).items():
         p = t.get("p_value")
+        n = (f"{t['n_pairs']} pairs" if t.get("paired") else
+             f"{t.get('n_poisoned', '?')} vs {t.get('n_clean', '?')} models")
         tests.append([kind, f"{100 * t['mean_poisoned']:.1f}%", f"{100 * t['mean_clean']:.1f}%",
-                      f"{100 * t['diff']:+.1f} pts", t["test"], "—" if p is None else f"{p:.3g}",
+                      f"{100 * t['diff']:+.1f} pts", t["test"], n, "—" if p is None else f"{p:.3g}",
                       "yes" if t.get("significant_loss") else "no"])
     intro = (f"{len(models)} tiny CLIP models trained from scratch with open_clip's trainer on the "
              f"embedded corpus ({cfg.corpus.n_train} captioned images, {cfg.corpus.n_test} labelled test "
-             f"images, {cfg.corpus.resolution}px), {n_seeds} seed(s) per dataset. Backdoor: "
+             f"images, {cfg.corpus.n_probe} labelled images of its own to train the linear probe, "
+             f"{cfg.corpus.resolution}px), {n_seeds} seed(s) per dataset; each seed poisons anew "
+             f"(its own backdoor source images and its own targets). Backdoor: "
              f"{cfg.backdoor_poisons} poisons ({100 * cfg.poison_ratio_backdoor:.2f}%), a "
              f"{cfg.patch_size}px-at-224 checkerboard in the {cfg.placement} placement, target label "
              f"'{cfg.backdoor_label}', captions found by searching the training captions. Targeted: "
              f"{cfg.targets} test images x {cfg.copies_per_target} copies "
              f"({100 * cfg.poison_ratio_targeted:.2f}%), each with its own wrong label, "
-             f"{cfg.caption_source} captions. Values are means over seeds (± one standard deviation "
-             f"when there is more than one seed); the clean model is measured against both attacks as "
-             f"the control.")
+             f"{cfg.caption_source} captions; the targets are left out of clean accuracy, and targeted "
+             f"success counts (target, model) pairs, with the number of distinct targets behind them. "
+             f"Values are means over seeds (± one standard deviation when there is more than one seed); "
+             f"the clean model is measured against both attacks as the control. Clean accuracy is compared "
+             f"with the paired t-test when poisoned and clean models share seeds (Wilcoxon signed-rank "
+             f"beside it from 6 pairs), Fisher's exact test on test images with one seed.")
     sections = [Section("Clean vs poisoned", [
         Text(intro),
         Table(head, rows, caption="Measured on the held-out labelled test split"),
         Table(["poisoned model", "clean top-1 (poisoned)", "clean top-1 (clean)", "difference", "test",
-               "p", "significant loss"], tests,
+               "n", "p", "significant loss"], tests,
               caption="Does poisoning cost clean accuracy? (zero-shot top-1)"),
     ])]
 
@@ -100,10 +107,10 @@ def write_demo_report(path: str | os.PathLike, cfg: "DemoConfig", models: Sequen
             continue
         for t in m.metrics["targeted"]["targeted"]["targets"]:
             zs = t.get("zeroshot", {})
-            trows.append([m.kind, m.seed, t["id"], t["label"], zs.get("predicted", "—"), zs.get("rank", "—"),
-                          "yes" if zs.get("success") else "no"])
+            trows.append([m.kind, m.seed, t["id"], t.get("source_key") or "—", t["label"],
+                          zs.get("predicted", "—"), zs.get("rank", "—"), "yes" if zs.get("success") else "no"])
     sections.append(Section("Targeted poisoning, target by target", [
-        Table(["model", "seed", "target", "target label", "zero-shot prediction", "rank of label",
+        Table(["model", "seed", "target", "test image", "target label", "zero-shot prediction", "rank of label",
                "success"], trows)]))
     timing = [[k, f"{v:.0f} s"] for k, v in summary.get("train_s", {}).items()]
     sections.append(Section("What ran", [

@@ -5,8 +5,10 @@ finished trials): attack success vs poisons (Fig. 2), similarity histograms and 
 same-label curve of one poisoned model (Fig. 3), z-score vs poisons by train and test
 placement (Fig. 4), z-score vs dataset size and vs model size (Fig. 5), z-score vs patch size
 (Fig. 6). Numbers are over seeds: mean and sample standard deviation per setting, pooled
-Wilson intervals for rates, and Welch's t-test (``poisonclip.evaluate.stats``) for the clean
-accuracy of poisoned vs clean models with the same seeds.
+Wilson intervals for rates (targeted success also with the number of distinct targets behind
+its (target, model) pairs), and the paired t-test (``poisonclip.evaluate.stats``) for the clean
+accuracy of poisoned vs clean models with the same seeds (Welch's unpaired test where the seeds
+do not pair up).
 
 Which spec field plays which role is in ``AXES``; a spec can override it under
 ``report: {axes: {poisons: poison.n, ...}}``.
@@ -247,10 +249,13 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                                                    "the seeds of the poisoned ones.", collect=False)
         sections.append(Section("Clean accuracy", [
             Text("Zero-shot top-1 on the clean test split of each poisoned model against the clean model "
-                 "trained with the same seed and settings. Welch's t-test over models when both groups "
-                 "have two or more; otherwise Fisher's exact test on pooled test images (test-set noise "
-                 "only). A non-significant difference with few models is weak evidence of no loss: read "
-                 "the interval of the difference."),
+                 "trained with the same seed and settings (targets of targeted poisoning left out). The two "
+                 "models of one seed form a pair: the paired t-test over per-seed differences with two or "
+                 "more pairs (the Wilcoxon signed-rank p beside it from 6 pairs), Welch's unpaired t-test "
+                 "when the seeds do not pair up, Fisher's exact test on pooled test images with a single "
+                 "model (test-set noise only); the table says which and over how many. A non-significant "
+                 "difference with few models is weak evidence of no loss: read the interval of the "
+                 "difference."),
             acc_fig, Table.from_frame(acc, caption="Poisoned minus clean accuracy")]))
 
     if failed:
@@ -291,6 +296,13 @@ def summary_table(df: Any, varying: Sequence[str]) -> Any:
                     k, n = int(sub[f"{col}_k"].sum()), int(sub[f"{col}_n"].sum())
                     lo, hi = wilson_interval(k, n)
                     row[f"{col} ci95_lo"], row[f"{col} ci95_hi"] = lo, hi
+                    ids = f"{who}.targeted_targets"
+                    if m.startswith("targeted_success") and ids in sub.columns:
+                        per_model = [str(x).split(";") for x in sub[ids] if isinstance(x, str) and x]
+                        if per_model:
+                            row[f"{col} k"], row[f"{col} n"] = k, n
+                            row[f"{col} targets_per_model"] = round(float(np.mean([len(t) for t in per_model])), 2)
+                            row[f"{col} distinct_targets"] = len({t for ts in per_model for t in ts})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -316,6 +328,10 @@ def _display(summary: Any) -> Any:
             lo, hi = r.get(f"{base} ci95_lo"), r.get(f"{base} ci95_hi")
             if lo is not None and np.isfinite(lo):
                 text += f" [{lo:.2f}, {hi:.2f}]"
+            d = r.get(f"{base} distinct_targets")
+            if d is not None and np.isfinite(d):
+                text += (f" ({int(r[f'{base} k'])}/{int(r[f'{base} n'])}: {r[f'{base} targets_per_model']:g} "
+                         f"targets x {int(r['n_models'])} models, {int(d)} distinct)")
             cells.append(text)
         out[base.replace(f"_{HEAD}", "")] = cells
     return out
@@ -339,16 +355,20 @@ def accuracy_tests(df: Any, varying: Sequence[str]) -> tuple[Any, list[tuple[str
             continue
         counts_p = [Rate(int(k), int(n)) for k, n in zip(sub[f"{p_col}_k"], sub[f"{p_col}_n"])]
         counts_c = [Rate(int(k), int(n)) for k, n in zip(sub[f"{c_col}_k"], sub[f"{c_col}_n"])]
+        # Each row holds a poisoned model and the clean model of its seed: a pair, when the
+        # rows of this setting are distinct seeds.
+        paired = SEED_AXIS in sub.columns and sub[SEED_AXIS].notna().all() and sub[SEED_AXIS].is_unique
         with warnings.catch_warnings():  # scipy warns when the few values are nearly equal
             warnings.simplefilter("ignore", RuntimeWarning)
             cmp = compare_accuracy(sub[p_col].tolist(), sub[c_col].tolist(), poisoned_counts=counts_p,
-                                   clean_counts=counts_c).to_dict()
+                                   clean_counts=counts_c, paired=bool(paired)).to_dict()
         label = ", ".join(f"{c.rsplit('.', 1)[-1]}={v}" for c, v in zip(varying, key)) or "all trials"
         groups.append((label, sub[p_col].tolist(), sub[c_col].tolist()))
         ci = cmp["diff_ci95"] or [None, None]
         rows.append({**dict(zip(varying, key)), "n_models": len(sub), "poisoned": cmp["mean_poisoned"],
                      "clean": cmp["mean_clean"], "diff": cmp["diff"], "diff_ci95_lo": ci[0],
-                     "diff_ci95_hi": ci[1], "test": cmp["test"], "p_value": cmp["p_value"],
+                     "diff_ci95_hi": ci[1], "test": cmp["test"], "n_pairs": cmp["n_pairs"],
+                     "p_value": cmp["p_value"], "wilcoxon_p": cmp["wilcoxon_p"],
                      "significant_loss": cmp["significant_loss"]})
     return pd.DataFrame(rows), groups
 
