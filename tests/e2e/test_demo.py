@@ -51,22 +51,64 @@ def test_quick_demo_backdoors_the_poisoned_model_and_not_the_clean_one(quick_dem
     assert asr(poisoned) - floor(poisoned) > asr(clean) - floor(clean) + 0.25, (asr(poisoned), floor(poisoned),
                                                                                  asr(clean), floor(clean))
     assert z(poisoned) > z(clean) + 0.5, (z(poisoned), z(clean))
+
+    # The targeted attack, against the same clean model: each target test image is classified
+    # as its (wrong) target label more often, and ranks that label higher, in the model trained
+    # on its poisons. Measured at these settings (2 targets, 3 poisons each): zero-shot 2/2 vs
+    # 1/2, mean rank 1.0 vs 5.0. The clean model already sends t000 (a square) to its target
+    # "circle"; t001 (an arrow, target "cross") is the one the attack moves: rank 9 -> 1.
+    t_clean, t_pois = metrics["clean/eval-targeted"]["targeted"], metrics["targeted/eval-targeted"]["targeted"]
+    info = json.loads(next(out.glob("data/targeted-*/poison.json")).read_text())
+    assert all(t["label"] != t["true_label"] for t in info["targets"])   # the labels are wrong ones
+    succ = {name: [t["zeroshot"]["success"] for t in tg["targets"]] for name, tg in
+            (("clean", t_clean), ("poisoned", t_pois))}
+    assert sum(succ["poisoned"]) > sum(succ["clean"]), succ
+    assert any(p and not c for p, c in zip(succ["poisoned"], succ["clean"])), succ  # a target the attack moved
+    assert t_pois["summary"]["zeroshot"]["mean_rank"] < t_clean["summary"]["zeroshot"]["mean_rank"] - 1, (
+        t_pois["summary"], t_clean["summary"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"][0]["metric"] == "clean zero-shot top-1"
 
 
+class _Interrupt(Exception):
+    pass
+
+
 def test_second_run_reuses_every_finished_step(tmp_path):
-    """An interrupted or repeated demo resumes: finished artefacts are not rebuilt."""
+    """A demo interrupted after its first model resumes: the finished model (and its evals,
+    corpus and poisoned sets) is reused, the rest is built."""
     from poisonclip.demo import DemoConfig, run_demo
     from poisonclip.data.synthetic import SynthConfig
 
-    cfg = DemoConfig.quick(out=tmp_path / "d", corpus=SynthConfig(n_train=200, n_test=60), epochs=1,
+    out = tmp_path / "d"
+    cfg = DemoConfig.quick(out=out, corpus=SynthConfig(n_train=200, n_test=60), epochs=1,
                            backdoor_poisons=10)
     said: list[str] = []
-    run_demo(cfg, say=said.append)
-    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("metrics.json")}
+
+    def stop_before_the_second_model(msg: str) -> None:
+        said.append(msg)
+        if msg.startswith("train: backdoor model"):  # the clean model is trained and evaluated
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_demo(cfg, say=stop_before_the_second_model)
+    clean_run = [p.parent for p in out.glob("runs/clean-*/run.json")]
+    assert len(clean_run) == 1 and [p.name for p in (out / "runs").iterdir()] == [clean_run[0].name]
+    assert not (out / "summary.json").exists() and not (out / "report.html").exists()
+    first = {p: p.stat().st_mtime_ns for p in (*out.rglob("metrics.json"), *out.rglob("run.json"),
+                                               *out.rglob("poison.json"), *out.rglob("corpus.json"))}
+    assert sum(p.name == "metrics.json" for p in first) == 2  # clean vs backdoor, clean vs targeted
+
     said.clear()
-    run_demo(cfg, say=said.append)
-    assert any("reusing" in s for s in said) and not any(s.startswith("train:") and "reusing" not in s
-                                                         for s in said)
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("metrics.json")} == first
+    res = run_demo(cfg, say=said.append)
+    # the clean model is reused, not retrained; nothing made before the interruption is rebuilt
+    assert any(s.startswith("train: clean seed 0: reusing") for s in said), said
+    assert not any(s.startswith(("train: clean model", "eval: clean model", "poison:", "corpus: generating"))
+                   for s in said), said
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+    # ... and the rest is built: both poisoned models trained and evaluated
+    assert "train: backdoor model, seed 0" in said and "train: targeted model, seed 0" in said
+    assert {(m.kind, tuple(m.metrics)) for m in res.models} == {
+        ("clean", ("backdoor", "targeted")), ("backdoor", ("backdoor",)), ("targeted", ("targeted",))}
+    assert len(list(out.glob("runs/*/run.json"))) == 3 and len(list(out.glob("runs/*/eval-*/metrics.json"))) == 4
+    assert (out / "summary.json").is_file() and res.report.is_file()
