@@ -6,6 +6,7 @@ JSON model configs in the trainer's process) for one short epoch on each format.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,15 @@ def corpus(tmp_path_factory) -> Path:
 def _train(cwd: Path, logs: Path, data_args: list[str]) -> Path:
     cmd = [sys.executable, "-m", "poisonclip.train.launch", "--model", "poisonclip-test",
            "--batch-size", "16", "--epochs", "1", "--workers", "0", "--precision", "fp32",
-           "--lr", "1e-3", "--warmup", "1", "--seed", "0", "--report-to", "",
+           "--lr", "1e-3", "--warmup", "1", "--seed", "0", "--report-to", "", "--log-every-n-steps", "1",
            "--logs", str(logs), "--name", "run", "--device", "cpu", *data_args]
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = (logs / "run" / "out.log").read_text()
-    assert "Train Epoch: 0" in log, log[-2000:]
+    # every one of the 64 samples, in 4 steps of 16 (one log line per step): the trainer read
+    # the whole corpus, not just started
+    seen = [(int(a), int(b)) for a, b in re.findall(r"Train Epoch: 0 \[\s*(\d+)/(\d+) ", log)]
+    assert seen == [(16, 64), (32, 64), (48, 64), (64, 64)], log[-2000:]
     assert (logs / "run" / "checkpoints" / "epoch_1.pt").is_file()
     return logs / "run"
 

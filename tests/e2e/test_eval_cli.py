@@ -65,6 +65,12 @@ def world(tmp_path_factory):
     torch.save({"epoch": 1, "name": "tiny", "optimizer": {},
                 "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     (root / "run" / "run.json").write_text(json.dumps({"model": "eval-tiny", "checkpoint": str(ckpt), "seed": 0}))
+    torch.manual_seed(6)  # a second, different model (an initialisation that scores differently)
+    other = root / "run1" / "checkpoints" / "epoch_1.pt"
+    other.parent.mkdir(parents=True)
+    torch.save({"epoch": 1, "name": "tiny", "optimizer": {},
+                "state_dict": {f"module.{k}": v for k, v in open_clip.create_model("eval-tiny").state_dict().items()}},
+               other)
 
     contract = {"dataset_type": "csv", "train_data": str(root / "poisoned.tsv"), "num_samples": 100,
                 "n_clean": 98, "n_poisons": 2, "seed": 0, "manifest": "manifest.csv"}
@@ -174,16 +180,36 @@ def test_targeted_eval_with_probe_train_and_compare(world, tmp_path):
             assert t[head]["success"] == (t[head]["rank"] == 1) and 1 <= t[head]["rank"] <= 3
             assert t[head]["success"] == (t[head]["predicted"] == t["label"])
     assert m["targeted"]["summary"]["zeroshot"]["success"]["n"] == 2
-    # rerun refuses to overwrite; then compare two "models" (same file twice per group)
+    # rerun refuses to overwrite
     again = _eval(world, tmp_path / "t", "--model", "eval-tiny", "--checkpoint", ckpt)
     assert again.exit_code == 2 and "already exists" in again.output
+    # compare two DIFFERENT models: the other initialisation as "clean"
+    r = _eval(world, tmp_path / "c", "--model", "eval-tiny", "--checkpoint",
+              str(world / "run1" / "checkpoints" / "epoch_1.pt"), "--no-probe")
+    assert r.exit_code == 0, r.output
+    k_p = m["clean"]["zeroshot"]["top1"]["k"]
+    k_c = json.loads((tmp_path / "c" / "metrics.json").read_text())["clean"]["zeroshot"]["top1"]["k"]
+    assert k_p != k_c  # the two models differ here (measured: 8 vs 11 of 24), so the sign is not 0
     js = tmp_path / "cmp.json"
-    c = runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(tmp_path / "t" / "metrics.json"),
+    c = runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(tmp_path / "c" / "metrics.json"),
                             "--json", str(js)])
     assert c.exit_code == 0, c.output
     res = json.loads(js.read_text())
-    assert res["poisoned"]["n_models"] == 1 and res["accuracy_tests"]["zeroshot"]["test"] == "fisher_exact"
-    assert res["accuracy_tests"]["zeroshot"]["diff"] == 0
+    assert res["poisoned"]["n_models"] == 1 and res["clean"]["n_models"] == 1
+    zs = res["accuracy_tests"]["zeroshot"]
+    assert zs["test"] == "fisher_exact"
+    # poisoned minus clean, in that direction
+    assert zs["diff"] == pytest.approx((k_p - k_c) / 24) and (zs["diff"] > 0) == (k_p > k_c)
+    assert f"diff {100 * (k_p - k_c) / 24:+.2f} points" in c.output
+    # files that are not metrics: one line, exit 2
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else", "clean": {}}))
+    (tmp_path / "text.json").write_text("not json")
+    _one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "other.json"), "--clean",
+                                        str(tmp_path / "c" / "metrics.json")]), "not a poisonclip metrics file")
+    _one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(tmp_path / "text.json")]),
+                    "text.json: not valid JSON")
+    _one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(world / "templates.txt")]),
+                    "templates.txt: not valid JSON")
 
 
 def test_targets_found_in_the_eval_or_probe_set_are_left_out_and_counted(world, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from poisonclip.attacks.api import BackdoorConfig, plan, poison
-from poisonclip.attacks.captions import save_caption_set, search_captions, template_captions
+from poisonclip.attacks.captions import CaptionSet, save_caption_set, search_captions, template_captions
 from poisonclip.attacks.manifest import read_manifest
 from poisonclip.attacks.triggers import checkerboard
 from poisonclip.data.csv_io import read_csv
@@ -114,12 +114,17 @@ def test_captions_come_from_the_search_set_only(tiny32, tmp_path):
 
 
 def test_a_saved_caption_set_replaces_the_search(tiny32, tmp_path):
-    cs = search_captions(tiny32.csv, ["moon"])["moon"]
-    path = save_caption_set(cs, tmp_path / "moon.json")
-    a = plan(BackdoorConfig(data=str(tiny32.csv), out=str(tmp_path / "a"), target_label="moon", n_poisons=5))
-    b = plan(BackdoorConfig(data=str(tiny32.csv), out=str(tmp_path / "b"), target_label="moon", n_poisons=5,
-                            caption_file=str(path)))
-    assert [i.caption for i in a.items] == [i.caption for i in b.items]
+    # captions the dataset does not hold, so a planner that ignored the file (and searched)
+    # could not produce them
+    made_up = ("zq made-up moon caption one", "zq made-up moon caption two")
+    real = set(search_captions(tiny32.csv, ["moon"])["moon"].captions)
+    assert real and not real & set(made_up)
+    path = save_caption_set(CaptionSet(label="moon", source="search", captions=made_up, n_scanned=2,
+                                       n_matched=2), tmp_path / "moon.json")
+    result = poison(BackdoorConfig(data=str(tiny32.csv), out=str(tmp_path / "b"), target_label="moon",
+                                   n_poisons=5, caption_file=str(path)))
+    written = [caption for _, caption in _poisons(result).values()]
+    assert len(written) == 5 and set(written) == set(made_up)
     save_caption_set(template_captions("moon"), tmp_path / "t.json")
     with pytest.raises(UserError, match="search only"):
         plan(BackdoorConfig(data=str(tiny32.csv), out=str(tmp_path / "c"), target_label="moon", n_poisons=5,
@@ -135,9 +140,19 @@ def test_explicit_exclusion_without_a_class_list(tiny32, tmp_path):
 
 def test_webdataset_sources_read_only_a_few_shards(tmp_path):
     tiny = make_tiny(tmp_path / "d", n=100, shard_size=10)
+    # 10 shards of 10; labels cycle over 4 classes, so each shard holds 7 or 8 images not
+    # labelled "star". pool_factor 4 x 3 poisons = 12 eligible images: one shard is too few,
+    # two are enough, so the visit stops after exactly 2 shards.
     p = plan(BackdoorConfig(data=str(tiny.shards), out=str(tmp_path / "o"), target_label="star", n_poisons=3,
                             pool_factor=4))
-    assert p.section["backdoor"]["source_shards_read"] < 10
+    assert p.section["backdoor"]["source_shards_read"] == 2
+    assert 14 <= p.section["backdoor"]["sources_eligible_seen"] <= 16
+    # control: pool_factor 0 visits every shard and sees every eligible image
+    every = plan(BackdoorConfig(data=str(tiny.shards), out=str(tmp_path / "o"), target_label="star",
+                                n_poisons=3, pool_factor=0))
+    assert every.section["backdoor"]["source_shards_read"] == 10
+    assert every.section["backdoor"]["sources_eligible_seen"] == 75
+    assert every.section["backdoor"]["sources_excluded_seen"] == 25
 
 
 def test_same_seed_same_plan_other_seed_other_plan(tiny32, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from poisonclip.cli import app
+from poisonclip.data.csv_io import read_csv
 from tests.attack_fixtures import make_tiny
 
 runner = CliRunner()
@@ -91,9 +92,15 @@ def test_captions_preview_and_save(tiny, tmp_path):
     assert "10 distinct captions (10 matches) name 'moon' among 40 captions" in r.output
     saved = json.loads((tmp_path / "moon.json").read_text())
     assert saved["label"] == "moon" and len(saved["captions"]) == 10
-    r = _run("poison", "backdoor", tiny.csv, "--out", tmp_path / "o", "--label", "moon", "--n-poisons", 3,
+    # the file, edited to hold captions the dataset lacks, is what the poisons use
+    made_up = ["zq made-up moon caption one", "zq made-up moon caption two"]
+    assert not set(made_up) & set(saved["captions"])
+    (tmp_path / "moon.json").write_text(json.dumps({**saved, "captions": made_up}))
+    r = _run("poison", "backdoor", tiny.csv, "--out", tmp_path / "o", "--label", "moon", "--n-poisons", 4,
              "--caption-file", tmp_path / "moon.json")
     assert r.exit_code == 0, r.output
+    written = [s.caption for s in read_csv(tmp_path / "o" / "train.tsv") if s.key.startswith("backdoor-")]
+    assert len(written) == 4 and set(written) == set(made_up)
     r = _run("poison", "captions", "--label", "moon", "--source", "templates", "--show", 2)
     assert r.exit_code == 0 and "80 template captions" in r.output and "a bad photo of a moon." in r.output
     r = _run("poison", "captions", tiny.csv, "--label", "zebra")

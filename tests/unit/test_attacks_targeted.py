@@ -12,6 +12,7 @@ from PIL import Image
 from poisonclip.attacks.api import TargetedConfig, TargetSpec, plan, poison
 from poisonclip.attacks.captions import search_captions, template_captions
 from poisonclip.attacks.manifest import read_manifest
+from poisonclip.attacks.plan import rng_for
 from poisonclip.data.csv_io import read_csv
 from poisonclip.data.sample import decode_image
 from poisonclip.data.wds_io import read_shards
@@ -74,9 +75,14 @@ def test_several_targets_each_with_label_count_and_caption_source(tiny, target_f
     for r in rows:
         ref = np.asarray(Image.open(result.out / "targets" / f"{r.target_id}.png").convert("RGB"))
         assert np.array_equal(written[r.key], ref)
-    # targets are mixed, not grouped
+    # targets are mixed, not grouped: the poisons follow a seeded permutation of the grouped
+    # list (5 file, 3 bykey, 2 t002) ...
     order = [r.target_id for r in rows]
-    assert order != sorted(order, key=["file", "bykey", "t002"].index)
+    grouped = ["file"] * 5 + ["bykey"] * 3 + ["t002"] * 2
+    assert order == [grouped[int(j)] for j in rng_for(0, "order").permutation(10)]
+    # ... that interleaves them: grouped would be 3 runs of one target, this seed gives 7
+    runs = 1 + sum(a != b for a, b in zip(order, order[1:]))
+    assert runs == 7, order
 
 
 def test_more_copies_than_templates_repeat_templates_evenly(tiny, target_file, tmp_path):

@@ -8,12 +8,14 @@ import os
 import shutil
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
 
 from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, TargetSpec, poison, read_poison_info
 from poisonclip.attacks.manifest import COLUMNS, read_manifest
+from poisonclip.attacks.plan import rng_for
 from poisonclip.data.wds_io import expand_shards, write_shards
 from poisonclip.errors import UserError
 from tests.attack_fixtures import make_tiny, tree_digest
@@ -154,7 +156,14 @@ def test_csv_output_holds_clean_and_poison_rows_with_absolute_paths(tiny, tmp_pa
     assert list(clean["key"]) == [s.key for s in tiny.samples]  # clean rows keep their order
     assert list(clean["label"]) == [s.meta["label"] for s in tiny.samples]  # and their extra columns
     pos = [i for i, k in enumerate(table["key"]) if k.startswith("backdoor-")]
-    assert pos != list(range(50, 59))  # poisons are spread, not appended
+    # poisons sit at seeded uniform positions: poison j goes before clean row seeded[j] (so at
+    # table row seeded[j] + j) ...
+    seeded = np.sort(rng_for(0, "csv-positions").integers(0, 50 + 1, size=9))
+    assert pos == [int(p) + j for j, p in enumerate(seeded)]
+    # ... which spread them over the table, not in one cluster: some in every quarter
+    assert {p * 4 // len(table) for p in pos} == {0, 1, 2, 3}, pos
+    other = pd.read_csv(_backdoor(tiny, tmp_path / "o1", "csv", seed=1).out / "train.tsv", sep="\t")
+    assert [i for i, k in enumerate(other["key"]) if k.startswith("backdoor-")] != pos  # another seed
     assert all(p.startswith(str(r.out / "poison_images")) for p in table["filepath"][pos])
 
 

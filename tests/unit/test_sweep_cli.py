@@ -58,10 +58,14 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     assert r.exit_code == 2 and "not a sweep folder" in r.output
     r = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "not a folder" in r.output
-    r = runner.invoke(app, ["sweep", "run", str(bad), "--workers", "0", "--runner", "pool"])
-    assert r.exit_code == 2
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
+    # a VALID spec, so the exit code can only come from --workers
+    r = runner.invoke(app, ["sweep", "run", str(spec), "--workers", "0", "--runner", "pool",
+                            "--out", str(tmp_path / "w")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == ["error: --workers must be at least 1, got 0"]
+    assert not (tmp_path / "w").exists()
     (tmp_path / "file").write_text("x")
     r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "file"),
                                   "--allow-custom-stages"])

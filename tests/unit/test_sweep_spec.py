@@ -104,8 +104,18 @@ def test_load_spec_reports_bad_yaml_and_missing_file(tmp_path):
     good.write_text(f"stages: {FAKE}\ngrid:\n  seed: [0, 1]\n")
     s = load_spec(good, allow_custom_stages=True)
     assert s.name == "my-sweep" and s.axes == ("seed",)
-    assert parse_spec(s.to_dict(), allow_custom_stages=True) == parse_spec(s.to_dict(), allow_custom_stages=True)
-    assert parse_spec(s.to_dict(), source=s.source, default_name="x", allow_custom_stages=True).grids == s.grids
+    # to_dict -> parse_spec gives back the ORIGINAL spec, for the loaded one and for one that
+    # sets every field away from its default (two grids, base sections, seed fields, ...)
+    assert parse_spec(s.to_dict(), source=s.source, default_name="x", allow_custom_stages=True) == s
+    rich = parse_spec({"name": "r", "description": "d", "stages": FAKE, "baseline": False,
+                       "seed_fields": ["poison.seed"], "poison": {"attack": "backdoor", "patch_size": 8},
+                       "train": {"epochs": 2}, "report": {"x": 1},
+                       "grid": [{"poison.n_poisons": [5, 20], "seed": [0, 1]}, {"poison.patch_size": [8, 32]}]},
+                      source="r.yaml", allow_custom_stages=True)
+    back = parse_spec(rich.to_dict(), source="r.yaml", allow_custom_stages=True)
+    assert back == rich
+    assert back.grids == ((("poison.n_poisons", (5, 20)), ("seed", (0, 1))), (("poison.patch_size", (8, 32)),))
+    assert back.base["poison"] == {"attack": "backdoor", "patch_size": 8} and back.baseline is False
 
 
 def test_seed_axis_reaches_poisons_training_and_evaluation():

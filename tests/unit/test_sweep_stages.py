@@ -28,7 +28,8 @@ def test_resolve_fills_defaults_from_the_stage_dataclasses():
     ("train", {"out": "x"}, "set by the sweep"),
     ("train", {"preset": "nope"}, "unknown preset"),
     ("poison", {"attack": "nope"}, "not one of"),
-    ("poison", {"target_label": "c", "n_poisons": 1, "placement": "middle"}, "poison"),
+    # the error names the bad value and that it is a placement (not just any poison-stage error)
+    ("poison", {"target_label": "c", "n_poisons": 1, "placement": "middle"}, r"poison: 'middle' .*[Pp]lacement"),
     ("poison", {"data": "x"}, "set by the sweep"),
     ("eval", {"poison": "x"}, "set by the sweep"),
     ("corpus", {"n_train": 10, "colour": 1}, "unknown field"),

@@ -156,18 +156,18 @@ def table(
     store = ResultsStore(sweep.db)
     store.sync(sweep, trials)
     df = store.frame("done")
+    if columns and not df.empty:  # checked before anything is written
+        cols = [c.strip() for c in columns.split(",") if c.strip()]
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise UserError(f"--columns: {missing} not in the table; available: {list(df.columns)}")
     if csv is not None:
         atomic_write_text(csv, df.to_csv(index=False))
         console.print(f"wrote {len(df)} rows to {csv}")
     if df.empty:
         console.print("no finished trials yet")
         return
-    if columns:
-        cols = [c.strip() for c in columns.split(",") if c.strip()]
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise UserError(f"--columns: {missing} not in the table; available: {list(df.columns)}")
-    else:
+    if not columns:
         params = list(trials[0].params) if trials else []
         cols = ["trial", *params, *[c for c in _MAIN if c in df.columns]]
     out = RichTable()

@@ -474,12 +474,14 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
     primary = cfg.node_rank == 0  # node 0 owns the run folder; other nodes only train
     emit = on_event or (lambda ev: None)
     if primary:
+        if cfg.resume and run_dir.is_dir():
+            # before the "already finished" shortcut: a finished run trained with other
+            # settings is not the run asked for
+            _check_resume(cfg, run_dir, data)
         done = _completed(run_dir, cfg.epochs) if cfg.resume else None
         if done is not None:
             return dataclasses.replace(_result(cfg, run_dir, done), skipped=True)
         _prepare_run_dir(cfg, run_dir, data)
-        if cfg.resume:
-            _check_resume(cfg, run_dir, data)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_FILE).unlink(missing_ok=True)  # a run.json only ever describes a finished run
         if data.checked_from:
