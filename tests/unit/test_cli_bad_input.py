@@ -50,7 +50,7 @@ def test_eval_compare_on_files_that_are_not_metrics(tmp_path):
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("tbl")
     spec = parse_spec({"name": "tbl", "stages": "tests.sweep_fakes:FakeStages",
-                       "grid": {"poison.n_poisons": [5, 20], "seed": [0]}})
+                       "grid": {"poison.n_poisons": [5, 20], "seed": [0]}}, allow_custom_stages=True)
     run_sweep(spec, root / "s", LocalRunner(FakeStages()))
     return root / "s"
 

@@ -62,7 +62,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     spec.write_text(SPEC)
     # a VALID spec, so the exit code can only come from --workers
     r = runner.invoke(app, ["sweep", "run", str(spec), "--workers", "0", "--runner", "pool",
-                            "--out", str(tmp_path / "w")])
+                            "--out", str(tmp_path / "w"), "--allow-custom-stages"])
     assert r.exit_code == 2, r.output
     assert r.output.strip().splitlines() == ["error: --workers must be at least 1, got 0"]
     assert not (tmp_path / "w").exists()
