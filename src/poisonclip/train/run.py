@@ -486,15 +486,15 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
         (run_dir / RUN_FILE).unlink(missing_ok=True)  # a run.json only ever describes a finished run
         if data.checked_from:
             dataset_mod.write_checked_table(data)
-    elif data.checked_from and not Path(data.train_data).is_file():
-        raise UserError(f"{data.checked_from}: {len(data.drop_rows)} unusable row(s); node 0 writes the checked copy "
-                        f"{data.train_data} that every node trains on: start node 0 first, or train on a copy "
-                        "cleaned with `poisonclip data convert`")
         atomic_write_json(run_dir / CONFIG_FILE, {
             "config": dataclasses.asdict(cfg), "data": dataclasses.asdict(data),
             "placement": {**dataclasses.asdict(place), "world_size": place.world_size},
             "per_process_batch_size": cfg.batch_size // place.world_size,
             "steps_per_epoch": steps, "command": cmd, "cwd": data.cwd, "versions": _versions()})
+    elif data.checked_from and not Path(data.train_data).is_file():
+        raise UserError(f"{data.checked_from}: {len(data.drop_rows)} unusable row(s); node 0 writes the checked copy "
+                        f"{data.train_data} that every node trains on: start node 0 first, or train on a copy "
+                        "cleaned with `poisonclip data convert`")
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if cfg.threads:
