@@ -161,6 +161,29 @@ def test_interrupted_run_resumes_to_the_same_step_count(reference, corpus, tmp_p
     assert (run / "run.json").read_text() == before
 
 
+def test_a_table_with_broken_rows_trains_on_a_checked_copy(corpus, tmp_path):
+    """A scraped table with unusable rows trains: the rows are counted and left out of a
+    checked copy in the run folder, instead of stopping open_clip mid-epoch."""
+    table = tmp_path / "scraped.tsv"
+    lines = (corpus / "train.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    col = header.index("filepath")
+    rows = [line.split("\t") for line in lines[1:]]
+    for r in rows:
+        r[col] = str(corpus / r[col])
+    (tmp_path / "not-an-image.png").write_text("hello")
+    broken = [list(rows[0]), list(rows[1])]
+    broken[0][col], broken[1][col] = str(tmp_path / "gone.png"), str(tmp_path / "not-an-image.png")
+    table.write_text("\n".join("\t".join(r) for r in [header, *rows[:100], *broken, *rows[100:]]) + "\n")
+    res = train(TrainConfig(data=str(table), out=str(tmp_path / "r"), **{**HYPER, "epochs": 1}))
+    assert res.steps == STEPS_PER_EPOCH and res.checkpoint.is_file()
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["data"]["skipped"] == {"corrupt_image": 1, "missing_image": 1}
+    assert config["data"]["num_samples"] == N_TRAIN and config["data"]["checked_from"] == str(table)
+    checked = (tmp_path / "r" / "train-checked.tsv").read_text().splitlines()
+    assert len(checked) == N_TRAIN + 1 and "gone.png" not in "".join(checked)
+
+
 def test_webdataset_shards(corpus, tmp_path):
     res = train(TrainConfig(data=str(corpus / "shards"), out=str(tmp_path / "w"), **{**HYPER, "epochs": 1}))
     info = _run_json(tmp_path / "w")

@@ -309,7 +309,7 @@ def _versions() -> dict[str, str]:
 
 
 def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
-    inputs = [*input_paths(cfg.data), *input_paths(data.train_data)]
+    inputs = [*input_paths(cfg.data), *input_paths(data.checked_from or data.train_data)]
     check_place(run_dir, inputs)   # never the working/home directory, never the data's folder
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: exists and is not a folder")
