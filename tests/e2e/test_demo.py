@@ -13,14 +13,6 @@ from poisonclip.cli import app
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    """One `poisonclip demo --quick` run (a few minutes) shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("quick") / "demo"
-    r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
-    return out, r
-
-
 def test_quick_demo_backdoors_the_poisoned_model_and_not_the_clean_one(quick_demo):
     out, r = quick_demo
     assert r.exit_code == 0, r.output

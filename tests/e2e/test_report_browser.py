@@ -120,21 +120,23 @@ def report(tmp_path_factory) -> Path:
     return build_report(root / "s").html
 
 
-def test_report_loads_without_console_errors_and_every_figure_decodes(report, tmp_path):
-    n_figures = len(list((report.parent / "figures").glob("*.png")))
-    assert n_figures >= 5
-    dt = DevTools(tmp_path / "profile")
+def load_page(html: Path, profile: Path) -> tuple[dict, list[dict]]:
+    """Open ``html`` in headless Chromium; (what the page holds once every image has been
+    decoded, the console errors and exceptions it raised)."""
+    dt = DevTools(profile)
     try:
         target = dt.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = dt.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             dt.send(f"{domain}.enable", session=session)
-        dt.send("Page.navigate", {"url": report.as_uri()}, session=session)
+        dt.send("Page.navigate", {"url": html.as_uri()}, session=session)
         dt.wait_event("Page.loadEventFired")
         res = dt.send("Runtime.evaluate", {"expression": (
-            "JSON.stringify({title: document.title, imgs: [...document.images].map(i => "
+            "Promise.all([...document.images].map(i => i.decode().then(() => true, () => false)))"
+            ".then(ok => JSON.stringify({title: document.title, decoded: ok, imgs: [...document.images].map(i => "
             "({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight})), "
-            "tables: document.querySelectorAll('table').length})"), "returnByValue": True}, session=session)
+            "tables: document.querySelectorAll('table').length}))"),
+            "awaitPromise": True, "returnByValue": True}, session=session)
         page = json.loads(res["result"]["value"])
     finally:
         dt.close()
@@ -142,8 +144,15 @@ def test_report_loads_without_console_errors_and_every_figure_decodes(report, tm
                 if e.get("method") == "Runtime.exceptionThrown"
                 or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
                 or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    return page, problems
+
+
+def test_report_loads_without_console_errors_and_every_figure_decodes(report, tmp_path):
+    n_figures = len(list((report.parent / "figures").glob("*.png")))
+    assert n_figures >= 5
+    page, problems = load_page(report, tmp_path / "profile")
     assert problems == []
     assert page["title"].startswith("Sweep report: browser")
-    assert len(page["imgs"]) == n_figures
+    assert len(page["imgs"]) == n_figures and page["decoded"] == [True] * n_figures
     assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 for i in page["imgs"]), page["imgs"]
     assert page["tables"] >= 2
