@@ -130,6 +130,11 @@ def _real(p: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.path.expanduser(p)))
 
 
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """``a`` and ``b`` name the same file (after ``~``, links and ``..``)."""
+    return _real(a) == _real(b)
+
+
 def _within(child: Path, parent: Path) -> bool:
     """``child`` is ``parent`` or lies inside it (both real, absolute paths)."""
     return child == parent or parent in child.parents

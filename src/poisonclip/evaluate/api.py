@@ -32,7 +32,7 @@ from poisonclip.evaluate.embed import LoadedModel, embed_images, input_size, loa
 from poisonclip.evaluate.probe import DEFAULT_CS, ProbeConfig, fit_probe, stratified_split
 from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
 from poisonclip.evaluate.zeroshot import classifier_weights, load_templates, zeroshot_scores
-from poisonclip.io_utils import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from poisonclip.io_utils import atomic_write_bytes, atomic_write_json, same_path, sha256_bytes, sha256_file
 
 METRICS_FILE = "metrics.json"
 SIMILARITIES_FILE = "similarities.npz"
@@ -163,10 +163,6 @@ def _identity(ls: LabelledSet, path: Path, report: SkipReport,
     }
 
 
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
-
-
 def _without_targets(ls: LabelledSet, path: Path, poison: PoisonInfo | None
                      ) -> tuple[LabelledSet, list[str], list[str]]:
     """``ls`` without the images that are targets of the poisoned set, with the sha256 of
@@ -186,7 +182,7 @@ def _without_targets(ls: LabelledSet, path: Path, poison: PoisonInfo | None
         if t.image.is_file():
             hashes.add(sha256_file(t.image))
     keys = ({t.source_key for t in poison.targets if t.source_key}
-            if poison.target_source and _same_file(poison.target_source, path) else set())
+            if poison.target_source and same_path(poison.target_source, path) else set())
     drop = [i for i, (s, d) in enumerate(zip(ls.samples, digests)) if d in hashes or s.key in keys]
     if not drop:
         return ls, digests, []

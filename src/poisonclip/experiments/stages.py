@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from poisonclip.errors import UserError
+from poisonclip.io_utils import same_path
 
 EXTERNAL_CORPUS = "external.json"
 # Fields of EvalConfig the sweep fills in itself; a spec may not set them.
@@ -297,7 +298,7 @@ class PoisonclipStages:
             source = config.get("target_source")
             if not source:
                 config["target_source"] = paths.test
-            elif config.get("random_targets") and _same_spec(source, paths.train):
+            elif config.get("random_targets") and same_path(source, paths.train):
                 raise UserError("sweep spec: poison.target_source: random targets must come from a held-out "
                                 "labelled set, not the training data; leave it out to use the corpus' test split")
         cfg = cls(data=paths.train, out=str(out), **_poison_types(config))
@@ -327,10 +328,6 @@ class PoisonclipStages:
         cfg = EvalConfig(data=Path(paths.test), out=out, run=run, poison=poison,
                          classnames=Path(paths.classnames) if paths.classnames else None, **kwargs)
         return flat_metrics(evaluate(cfg))
-
-
-def _same_spec(a: str, b: str) -> bool:
-    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
 
 
 def _rate(prefix: str, node: Any, out: dict[str, Any]) -> None:
