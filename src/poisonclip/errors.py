@@ -7,3 +7,16 @@ bug and keeps its traceback.
 
 class UserError(Exception):
     """A mistake in what the user asked for (missing file, wrong column, bad value)."""
+
+
+class SettingError(UserError):
+    """A bad value of one setting, named as the config spells it (``patch_size``).
+
+    The library does not know how the user gave the value: the CLI rewrites the name into
+    its flag (``--patch-size``), a sweep into the spec's key (``poison.patch_size``).
+    """
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem

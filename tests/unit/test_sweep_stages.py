@@ -6,7 +6,8 @@ import pytest
 
 from poisonclip.errors import UserError
 from poisonclip.experiments.spec import load_spec
-from poisonclip.experiments.stages import PoisonclipStages, corpus_paths, flat_metrics
+from poisonclip.evaluate.columns import flat_metrics
+from poisonclip.experiments.stages import PoisonclipStages, corpus_paths
 from poisonclip.experiments.trials import expand
 
 S = PoisonclipStages()
@@ -29,7 +30,8 @@ def test_resolve_fills_defaults_from_the_stage_dataclasses():
     ("train", {"preset": "nope"}, "unknown preset"),
     ("poison", {"attack": "nope"}, "not one of"),
     # the error names the bad value and that it is a placement (not just any poison-stage error)
-    ("poison", {"target_label": "c", "n_poisons": 1, "placement": "middle"}, r"poison: 'middle' .*[Pp]lacement"),
+    ("poison", {"target_label": "c", "n_poisons": 1, "placement": "middle"},
+     r"poison\.placement: 'middle' is not one of corner, random"),
     ("poison", {"data": "x"}, "set by the sweep"),
     ("eval", {"poison": "x"}, "set by the sweep"),
     ("corpus", {"n_train": 10, "colour": 1}, "unknown field"),

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -30,12 +28,12 @@ from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.embed import LoadedModel, embed_images, input_size, load_model, resolve_run
 from poisonclip.evaluate.probe import DEFAULT_CS, ProbeConfig, fit_probe, stratified_split
+from poisonclip.evaluate.similarities import SIMILARITIES_FILE, write_similarities
 from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
 from poisonclip.evaluate.zeroshot import classifier_weights, load_templates, zeroshot_scores
-from poisonclip.io_utils import atomic_write_bytes, atomic_write_json, same_path, sha256_bytes, sha256_file
+from poisonclip.io_utils import atomic_write_json, same_path, sha256_bytes, sha256_file
 
 METRICS_FILE = "metrics.json"
-SIMILARITIES_FILE = "similarities.npz"
 POISON_FILE = "poison.json"
 SCHEMA = "poisonclip.metrics/1"
 
@@ -216,20 +214,6 @@ def _trigger_fn(spec: BackdoorSpec, placement: Placement, rng: np.random.Generat
     return fn
 
 
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An .npz numpy can load, written by hand because ``np.savez`` stamps the current time
-    into the zip and same inputs must give byte-identical files."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            arr = io.BytesIO()
-            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, arr.getvalue())
-    return buf.getvalue()
-
-
 def _resolve_model(cfg: EvalConfig) -> tuple[str, Path]:
     if cfg.run is not None:
         if cfg.model or cfg.checkpoint:
@@ -388,7 +372,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
 
     _check_metrics_out(out, cfg.overwrite)   # again: one may have appeared meanwhile
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / SIMILARITIES_FILE, _npz_bytes(arrays))
+    write_similarities(out, arrays)
     try:
         atomic_write_json(out / METRICS_FILE, result, replace=cfg.overwrite)
     except FileExistsError:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -107,40 +105,17 @@ def _attack_class(name: Any) -> tuple[type, str]:
     return classes[name], name
 
 
-def _poison_types(config: Mapping[str, Any]) -> dict[str, Any]:
-    """YAML scalars/lists -> the attack configs' field types (enums, tuples, target specs)."""
-    from poisonclip.attacks.api import TargetSpec
-    from poisonclip.attacks.captions import CaptionSource
-    from poisonclip.attacks.triggers import Placement
+def _attack_config(cls: type, config: Mapping[str, Any], **fixed: Any) -> Any:
+    """A spec's poison section -> the attack's config (converted on the attack side)."""
+    from poisonclip.attacks.settings import config_from_mapping
+    from poisonclip.errors import SettingError
 
-    out = dict(config)
     try:
-        if "placement" in out:
-            out["placement"] = Placement(out["placement"])
-        if "caption_source" in out:
-            out["caption_source"] = CaptionSource(out["caption_source"])
-        if "targets" in out:
-            out["targets"] = tuple(t if isinstance(t, TargetSpec) else
-                                   TargetSpec(**{**t, **({"caption_source": CaptionSource(t["caption_source"])}
-                                                         if "caption_source" in t else {})})
-                                   for t in out["targets"])
-    except (TypeError, ValueError) as e:
+        return config_from_mapping(cls, config, **fixed)
+    except SettingError as e:
+        raise UserError(f"sweep spec: poison.{e.setting}: {e.problem}") from None
+    except UserError as e:
         raise UserError(f"sweep spec: poison: {e}") from None
-    for key in ("exclude_labels", "caption_files"):
-        if key in out and isinstance(out[key], list):
-            out[key] = tuple(out[key])
-    return out
-
-
-def _n_params(checkpoint: Path | None) -> int | None:
-    """Parameters of the trained model, counted from its checkpoint's weights."""
-    if checkpoint is None:
-        return None
-    import torch
-
-    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd)
-    return int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel")))
 
 
 _EXTERNAL_FIELDS = {"path", "train", "test", "classnames", "probe"}
@@ -238,7 +213,7 @@ class PoisonclipStages:
         fixed = sorted(set(config) & _POISON_FIXED)
         if fixed:
             raise UserError(f"sweep spec: poison: {fixed} are set by the sweep for each trial; remove them")
-        cfg = _build(cls, "poison", _poison_types(config), data="-", out="-")
+        cfg = _attack_config(cls, config, data="-", out="-")
         return {"attack": attack, **{k: v for k, v in _plain(cfg).items() if k not in _POISON_FIXED}}
 
     def _resolve_train(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -301,7 +276,7 @@ class PoisonclipStages:
             elif config.get("random_targets") and same_path(source, paths.train):
                 raise UserError("sweep spec: poison.target_source: random targets must come from a held-out "
                                 "labelled set, not the training data; leave it out to use the corpus' test split")
-        cfg = cls(data=paths.train, out=str(out), **_poison_types(config))
+        cfg = _attack_config(cls, config, data=paths.train, out=str(out))
         res = poison(cfg)
         total = res.n_clean + res.n_poisons
         return {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
@@ -313,13 +288,16 @@ class PoisonclipStages:
         config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
         source = str(data) if (data / "poison.json").is_file() else corpus_paths(data).train
         res = train(TrainConfig(data=str(source), out=str(out), **config))
-        return {"n_params": _n_params(res.checkpoint), "wall_time_s": round(res.wall_time_s, 3),
+        from poisonclip.train.models import checkpoint_params
+
+        return {"n_params": checkpoint_params(res.checkpoint), "wall_time_s": round(res.wall_time_s, 3),
                 "samples_per_s": round(res.samples_per_s, 3),
                 "final_loss": res.loss_curve[-1] if res.loss_curve else None}
 
     def evaluate(self, config: Mapping[str, Any], run: Path, corpus: Path, poison: Path | None,
                  out: Path) -> dict[str, Any]:
         from poisonclip.evaluate.api import EvalConfig, evaluate
+        from poisonclip.evaluate.columns import flat_metrics
 
         paths = corpus_paths(corpus)
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
@@ -328,68 +306,3 @@ class PoisonclipStages:
         cfg = EvalConfig(data=Path(paths.test), out=out, run=run, poison=poison,
                          classnames=Path(paths.classnames) if paths.classnames else None, **kwargs)
         return flat_metrics(evaluate(cfg))
-
-
-def _rate(prefix: str, node: Any, out: dict[str, Any]) -> None:
-    if isinstance(node, Mapping) and "k" in node and "n" in node:
-        out[prefix] = node.get("rate")
-        out[f"{prefix}_k"] = node["k"]
-        out[f"{prefix}_n"] = node["n"]
-
-
-def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluator's metrics.json -> the sweep table's columns (names in docs/sweeps.md, "Columns of the results table").
-
-    Test placements: ``as_trained`` (the trigger placed as in the poisons), ``random``, and
-    ``corner`` (the paper's consistent placement: the as-trained measurement when training
-    used the corner, or the evaluator's own corner measurement where it makes one).
-    """
-    out: dict[str, Any] = {}
-    for head in ("zeroshot", "probe"):
-        _rate(f"top1_{head}", m.get("clean", {}).get(head, {}).get("top1"), out)
-    sim = m.get("similarity", {}).get("clean", {})
-    if sim:
-        out["sim_clean_mean"], out["sim_clean_std"] = sim.get("mean"), sim.get("std")
-    bd = m.get("backdoor")
-    if bd:
-        names = [("train_placement", "as_trained"), ("random", "random"), ("corner", "corner")]
-        if bd.get("train_placement") == "corner":
-            names.append(("train_placement", "corner"))
-        for key, place in names:
-            for head in ("zeroshot", "probe"):
-                _rate(f"asr_{place}_{head}", bd.get("asr", {}).get(key, {}).get(head), out)
-            z = bd.get("zscore", {}).get(key)
-            if z:
-                out[f"z_{place}"] = z.get("z")
-                out[f"sim_triggered_{place}_mean"] = z.get("mean_triggered")
-        for head in ("zeroshot", "probe"):
-            _rate(f"target_rate_clean_images_{head}", bd.get("target_rate_without_trigger", {}).get(head), out)
-    tg = m.get("targeted")
-    if tg:
-        for head, s in tg.get("summary", {}).items():
-            _rate(f"targeted_success_{head}", s.get("success"), out)
-            out[f"targeted_rank_{head}"] = s.get("mean_rank")
-        # which targets stand behind the rate: distinct ones are counted over seeds in the report
-        out["targeted_targets"] = target_ids(tg.get("targets", []))
-    ex = m.get("excluded_targets")
-    if ex:
-        out["excluded_targets"] = ex.get("data", 0) + ex.get("probe_train", 0)
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
-
-
-def target_ids(rows: Any) -> str:
-    """One target's identity is its image (sha256 of the source bytes, else its id) and its label;
-    the targets of one model as a ';'-joined, sorted string (a table cell)."""
-    ids = sorted(f"{(r.get('source_sha256') or r.get('id') or '')[:16]}:{r.get('label')}" for r in rows or ())
-    return ";".join(ids)
-
-
-def read_similarities(eval_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The evaluator's histogram arrays (``similarities.npz``) for Figure 3, if written."""
-    import numpy as np
-
-    path = Path(eval_dir) / "similarities.npz"
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}

@@ -174,3 +174,17 @@ def list_models(names: tuple[str, ...] | None = None) -> list[ModelInfo]:
         return [model_info(n) for n in names]
     ours = sorted((model_info(n) for n in register_models()), key=lambda m: (m.params, m.name))
     return [*ours, model_info(PAPER_MODEL)]
+
+
+def checkpoint_params(checkpoint: str | Path | None) -> int | None:
+    """Parameters of a trained model, counted from its checkpoint's weights (None: no checkpoint).
+
+    Counted from the weights actually saved, not the config, so a sweep's model-size axis is
+    the size of the model that was trained."""
+    if checkpoint is None:
+        return None
+    import torch
+
+    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd)
+    return int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel")))
