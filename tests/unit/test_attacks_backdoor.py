@@ -169,14 +169,14 @@ def _nothing_written(tmp_path: Path, name: str = "o") -> bool:
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(n_poisons=0), "--n-poisons: must be positive"),
-    (dict(n_poisons=-3), "--n-poisons: must be positive"),
+    (dict(n_poisons=0), "^n_poisons: must be positive"),
+    (dict(n_poisons=-3), "^n_poisons: must be positive"),
     (dict(n_poisons=50), "only 45 readable images"),     # 60 samples, 15 of them stars
     (dict(patch_size=225), "larger than the 224x224 image"),
-    (dict(patch_size=0), "--patch-size: must be positive"),
+    (dict(patch_size=0), "^patch_size: must be positive"),
     (dict(target_label="zebra"), "label 'zebra' is not in the class list"),
     (dict(target_label="zebra", no_classnames=True), "appears in none of the 60 captions"),
-    (dict(seed=-1), "--seed"),
+    (dict(seed=-1), "^seed: must be >= 0"),
 ])
 def test_bad_input_is_one_user_error_and_nothing_is_written(tiny32, tmp_path, change, message):
     cfg = dict(data=str(tiny32.csv), out=str(tmp_path / "o"), target_label="star", n_poisons=5)

@@ -8,7 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 
-from poisonclip.attacks.captions import (CaptionSource, LabelMatcher, build_caption_set, label_pattern,
+from poisonclip.attacks.captions import (LabelMatcher, build_caption_set, label_pattern,
                                          load_caption_set, plural_forms, save_caption_set, search_captions,
                                          size_captions, template_captions)
 from poisonclip.attacks.sources import iter_caption_batches
@@ -115,7 +115,7 @@ def test_templates_are_open_clips_80_prompts():
 
 
 def test_builders_are_found_by_name(tiny):
-    assert build_caption_set(CaptionSource.templates, "moon").captions == template_captions("moon").captions
+    assert build_caption_set("templates", "moon").captions == template_captions("moon").captions
     searched = search_captions(tiny.csv, ["moon"])["moon"]
     assert build_caption_set("search", "moon", tiny.csv).captions == searched.captions
 

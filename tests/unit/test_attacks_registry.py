@@ -13,7 +13,7 @@ from poisonclip.errors import UserError
 
 
 def test_builtins_are_registered_under_their_names():
-    assert ATTACKS.get("backdoor") is plan_backdoor and ATTACKS.get("targeted") is plan_targeted
+    assert ATTACKS.get("backdoor").plan is plan_backdoor and ATTACKS.get("targeted").plan is plan_targeted
     assert TRIGGERS.get("checkerboard") is triggers.apply
     assert CAPTION_SETS.get("search") is search_caption_set
     assert CAPTION_SETS.get("templates") is templates_caption_set

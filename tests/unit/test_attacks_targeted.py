@@ -105,8 +105,8 @@ def test_random_targets_get_a_wrong_label(tiny, held_out, tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     (dict(targets=()), "no target"),
-    (dict(targets=(TargetSpec("{img}", "moon", 0),)), "--n-poisons must be positive"),
-    (dict(targets=(TargetSpec("{img}", "moon", -1),)), "--n-poisons must be positive"),
+    (dict(targets=(TargetSpec("{img}", "moon", 0),)), r"^targets\[0\]\.n_poisons: must be positive"),
+    (dict(targets=(TargetSpec("{img}", "moon", -1),)), r"^targets\[0\]\.n_poisons: must be positive"),
     (dict(targets=(TargetSpec("{bad}", "moon", 2),)), "not a readable image"),
     (dict(targets=(TargetSpec("nope-key", "moon", 2),)), "neither an image file nor a key"),
     (dict(targets=(TargetSpec("{img}", "zebra", 2),)), "'zebra' is not in the class list"),
@@ -114,7 +114,7 @@ def test_random_targets_get_a_wrong_label(tiny, held_out, tmp_path):
           classnames="{cn}"), None),  # control: valid
     (dict(targets=(TargetSpec("{img}", "moon", 2, id="a b"),)), "may hold only"),
     (dict(targets=(TargetSpec("{img}", "moon", 2, id="a"), TargetSpec("{img}", "star", 2, id="a"))), "ids repeat"),
-    (dict(targets=(TargetSpec("{img}", "moon", 2),), noise_sigma=-1), "--noise-sigma"),
+    (dict(targets=(TargetSpec("{img}", "moon", 2),), noise_sigma=-1), "^noise_sigma: must be >= 0"),
 ])
 def test_bad_input_is_one_user_error_and_nothing_is_written(tiny, target_file, tmp_path, change, message):
     bad = tmp_path / "bad.png"
@@ -146,7 +146,7 @@ def test_random_targets_never_come_from_the_training_data(tiny, held_out, tmp_pa
     """A training image already sits in the data with its true caption: random targets come
     from a held-out labelled set, and a training image named explicitly is a warning."""
     for source in (None, str(tiny.csv)):
-        with pytest.raises(UserError, match="--target-source"):
+        with pytest.raises(UserError, match="^random_targets: .*set target_source to a held-out"):
             plan(TargetedConfig(data=str(tiny.csv), out=str(tmp_path / "o"), random_targets=2, n_poisons=2,
                                 target_source=source))
     key = next(s.key for s in read_csv(tiny.csv))

@@ -87,7 +87,7 @@ def _metrics(top1: Rate, asr: Rate | None = None, z: float | None = None) -> dic
 
 
 def test_summarise_and_compare_across_seeds():
-    from poisonclip.evaluate.api import compare, summarise
+    from poisonclip.evaluate.compare import compare, summarise
 
     poisoned = [_metrics(Rate(80, 100), Rate(45, 90), 2.0), _metrics(Rate(84, 100), Rate(60, 90), 3.0),
                 _metrics(Rate(82, 100), Rate(30, 90), 1.0)]
@@ -146,7 +146,7 @@ def test_paired_with_few_pairs_skips_wilcoxon_and_checks_lengths():
 def test_compare_pairs_models_by_training_seed(tmp_path):
     """eval-compare pairs a poisoned and a clean model trained with the same seed (paired t-test)
     and falls back to Welch's test when the groups' seeds differ."""
-    from poisonclip.evaluate.api import compare
+    from poisonclip.evaluate.compare import compare
 
     clean, poisoned = _CLEAN6, _POISONED6
 
@@ -164,7 +164,7 @@ def test_compare_pairs_models_by_training_seed(tmp_path):
 
 
 def test_summarise_counts_the_distinct_targets_behind_pooled_targeted_success():
-    from poisonclip.evaluate.api import summarise
+    from poisonclip.evaluate.compare import summarise
 
     def m(targets):
         return {"schema": "poisonclip.metrics/1", "clean": {"zeroshot": {"top1": Rate(9, 10).to_dict()}},

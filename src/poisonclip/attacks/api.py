@@ -5,8 +5,9 @@
                                    n_poisons=50))
     result.train_data   # pass to open_clip_train --train-data
 
-The attack is looked up by the config's ``attack`` name in the registry, plans the poisons
-(``plan``), and the writer turns the plan and the clean data into the folder.
+The attack is looked up by the config's ``attack`` name in the registry (any registered
+attack, built in or your own), plans the poisons (``plan``), and the writer turns the plan and
+the clean data into the folder.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 from typing import Union
 
 from poisonclip.attacks.backdoor import BackdoorConfig
-from poisonclip.attacks.captions import CaptionSet, CaptionSource, build_caption_set, size_captions
+from poisonclip.attacks.captions import CaptionSet, build_caption_set, check_caption_source, size_captions
 from poisonclip.attacks.plan import Plan, rng_for
 from poisonclip.attacks.registry import ATTACKS
 from poisonclip.attacks.targeted import TargetedConfig, TargetSpec
 from poisonclip.attacks.writer import POISON_JSON, PoisonResult, _check_out, write_poisoned
 from poisonclip.data.csv_io import CsvFormat
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 
 __all__ = ["AttackConfig", "BackdoorConfig", "CaptionSetConfig", "PoisonResult", "TargetSpec",
            "TargetedConfig", "caption_set", "plan", "poison", "read_poison_info"]
@@ -34,7 +35,7 @@ AttackConfig = Union[BackdoorConfig, TargetedConfig]
 
 def plan(cfg: AttackConfig) -> Plan:
     """Decide every poison (images, captions, trigger settings) without writing anything."""
-    return ATTACKS.get(cfg.attack)(cfg)
+    return ATTACKS.get(cfg.attack).plan(cfg)
 
 
 def poison(cfg: AttackConfig) -> PoisonResult:
@@ -46,7 +47,7 @@ def poison(cfg: AttackConfig) -> PoisonResult:
 @dataclass(frozen=True)
 class CaptionSetConfig:
     label: str
-    source: CaptionSource = CaptionSource.search
+    source: str = "search"         # a registered caption set
     data: str | None = None        # dataset to search (search only)
     plurals: bool = True
     n: int | None = None           # also size the set to n captions
@@ -62,8 +63,9 @@ def caption_set(cfg: CaptionSetConfig) -> tuple[CaptionSet, list[str] | None]:
     Attacks size with the stream ``rng_for(seed, "captions")`` (backdoor), so the preview
     shows the backdoor's exact captions for the same seed.
     """
-    if cfg.source is CaptionSource.search and not cfg.data:
-        raise UserError("caption search needs the dataset to search: give DATA")
+    check_caption_source("source", cfg.source)
+    if cfg.source == "search" and not cfg.data:
+        raise SettingError("data", "caption search needs the dataset to search")
     cs = build_caption_set(cfg.source, cfg.label, cfg.data, cfg.plurals,
                            CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep))
     cs.require_nonempty()

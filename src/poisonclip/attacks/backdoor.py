@@ -21,7 +21,7 @@ from poisonclip.attacks.sources import draw_sources, resolve_classnames
 from poisonclip.data import dataset_kind
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.data.sample import SkipReport
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 
 
 @dataclass(frozen=True)
@@ -64,17 +64,17 @@ class BackdoorConfig:
 def _check(cfg: BackdoorConfig) -> None:
     check_common(cfg.n_poisons, cfg.seed, cfg.noise_sigma, cfg.poison_shards, cfg.shard_prefix)
     if cfg.patch_size <= 0:
-        raise UserError(f"--patch-size: must be positive (pixels at 224x224), got {cfg.patch_size}")
+        raise SettingError("patch_size", f"must be positive (pixels at 224x224), got {cfg.patch_size}")
     if cfg.patch_size > triggers.REFERENCE_RESOLUTION:
-        raise UserError(f"--patch-size: a {cfg.patch_size}px patch is larger than the "
-                        f"{triggers.REFERENCE_RESOLUTION}x{triggers.REFERENCE_RESOLUTION} image it is "
-                        "sized for; give at most 224 (paper: 16)")
+        raise SettingError("patch_size", f"a {cfg.patch_size}px patch is larger than the "
+                           f"{triggers.REFERENCE_RESOLUTION}x{triggers.REFERENCE_RESOLUTION} image it is "
+                           "sized for; give at most 224 (paper: 16)")
     if cfg.resolution <= 0:
-        raise UserError(f"resolution: must be positive (the model's input size in pixels), got {cfg.resolution}")
+        raise SettingError("resolution", f"must be positive (the model's input size in pixels), got {cfg.resolution}")
     if not cfg.target_label.strip():
-        raise UserError("--label: target label is empty")
+        raise SettingError("target_label", "target label is empty")
     if cfg.placement not in {p.value for p in triggers.Placement}:
-        raise UserError(f"--placement: {cfg.placement!r} is not one of corner, random")
+        raise SettingError("placement", f"{cfg.placement!r} is not one of corner, random")
     TRIGGERS.get(cfg.trigger)
     dataset_kind(cfg.data)
 
@@ -93,7 +93,7 @@ def _caption_set(cfg: BackdoorConfig, report: SkipReport) -> CaptionSet:
         .require_nonempty()
 
 
-@register_attack("backdoor")
+@register_attack("backdoor", config=BackdoorConfig, evaluation="poisonclip.evaluate.backdoor:EVALUATION")
 def plan_backdoor(cfg: BackdoorConfig) -> Plan:
     """Backdoor: patched dataset images paired with search captions of the target label."""
     _check(cfg)

@@ -1,7 +1,8 @@
 """Caption sets Y' for a target label (paper section 3.1).
 
-Two sources: *search* (every training caption that names the label as a word; the only one
-allowed for backdoors, which assume no knowledge of the zero-shot prompts) and *templates*
+Two built-in sources, registered by name (``CAPTION_SETS``; a registered set of your own is a
+source like these): *search* (every training caption that names the label as a word; the only
+one allowed for backdoors, which assume no knowledge of the zero-shot prompts) and *templates*
 (CLIP's 80 ImageNet prompts, as open_clip ships them, filled with the label). A set is then
 sized to the poison count: a random subset, repeated only when the set is too small.
 
@@ -18,24 +19,18 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from poisonclip.attacks.registry import register_caption_set
+from poisonclip.attacks.registry import CAPTION_SETS, register_caption_set
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.data.sample import SkipReport
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import atomic_write_json
 
 CAPTION_SET_FORMAT = "poisonclip-caption-set"
-
-
-class CaptionSource(str, Enum):
-    search = "search"        # captions of the training data that contain the label
-    templates = "templates"  # CLIP's 80 zero-shot prompts filled with the label
 
 
 # --------------------------------------------------------------------------- matching
@@ -118,7 +113,7 @@ class CaptionSet:
     """The caption set Y' for one label, with where it came from."""
 
     label: str
-    source: str                  # CaptionSource value
+    source: str                  # the registered caption-set name that built it
     captions: tuple[str, ...]    # distinct captions, in first-seen order
     n_scanned: int = 0           # captions searched (search only)
     n_matched: int = 0           # matching captions, repeats included (search only)
@@ -136,7 +131,7 @@ class CaptionSet:
             where = self.dataset or "the dataset"
             raise UserError(f"{where}: label {self.label!r} appears in none of the {self.n_scanned} captions "
                             f"searched (0 found{', plurals included' if self.plurals else ''}); "
-                            "choose a label the captions use, or --caption-source templates for targeted poisoning")
+                            "choose a label the captions use, or caption_source templates for targeted poisoning")
         return self
 
 
@@ -165,7 +160,7 @@ def template_captions(label: str) -> CaptionSet:
     if not label:
         raise UserError("target label is empty; give a class name such as 'basketball'")
     caps = tuple(dict.fromkeys(t(label) for t in openai_templates()))
-    return CaptionSet(label=label, source=CaptionSource.templates.value, captions=caps)
+    return CaptionSet(label=label, source="templates", captions=caps)
 
 
 def search_captions(dataset: str | os.PathLike, labels: Sequence[str], plurals: bool = True,
@@ -200,7 +195,7 @@ def _search(dataset: str | os.PathLike, labels: Sequence[str], plurals: bool, fm
             if len(hits):
                 matched[lab] += len(hits)
                 found[lab].update(dict.fromkeys(hits.to_pylist()))
-    return {lab: CaptionSet(label=lab, source=CaptionSource.search.value, captions=tuple(found[lab]),
+    return {lab: CaptionSet(label=lab, source="search", captions=tuple(found[lab]),
                             n_scanned=n, n_matched=matched[lab], dataset=str(dataset), plurals=plurals)
             for lab in matchers}
 
@@ -221,14 +216,19 @@ def templates_caption_set(label: str, dataset: str | os.PathLike | None = None, 
     return template_captions(label)
 
 
-def build_caption_set(source: CaptionSource | str, label: str, dataset: str | os.PathLike | None = None,
+def check_caption_source(setting: str, name: object) -> str:
+    """``name`` if it is a registered caption set, else a SettingError for ``setting``."""
+    known = CAPTION_SETS.names()
+    if name not in known:
+        raise SettingError(setting, f"{name!r} is not one of {', '.join(known)}")
+    return str(name)
+
+
+def build_caption_set(source: str, label: str, dataset: str | os.PathLike | None = None,
                       plurals: bool = True, fmt: CsvFormat = CsvFormat(),
                       report: SkipReport | None = None) -> CaptionSet:
-    """The registered builder for ``source`` ("search", "templates", ...)."""
-    from poisonclip.attacks.registry import CAPTION_SETS
-
-    name = source.value if isinstance(source, CaptionSource) else str(source)
-    return CAPTION_SETS.get(name)(label, dataset=dataset, plurals=plurals, fmt=fmt, report=report)
+    """The registered builder for ``source`` ("search", "templates", or one of your own)."""
+    return CAPTION_SETS.get(str(source))(label, dataset=dataset, plurals=plurals, fmt=fmt, report=report)
 
 
 def size_captions(captions: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from poisonclip.data.csv_io import CsvFormat
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError
 
 
 def rng_for(seed: int, *parts: str | int) -> np.random.Generator:
@@ -101,15 +101,15 @@ def check_common(n_poisons_total: int, seed: int, noise_sigma: float, poison_sha
                  shard_prefix: str) -> None:
     """Checks every attack shares; each failure is one line for the user."""
     if n_poisons_total <= 0:
-        raise UserError(f"--n-poisons: must be positive, got {n_poisons_total}")
+        raise SettingError("n_poisons", f"must be positive, got {n_poisons_total}")
     if seed < 0:
-        raise UserError(f"--seed: must be >= 0, got {seed}")
+        raise SettingError("seed", f"must be >= 0, got {seed}")
     if noise_sigma < 0:
-        raise UserError(f"--noise-sigma: must be >= 0 (pixel units, 0..255), got {noise_sigma}")
+        raise SettingError("noise_sigma", f"must be >= 0 (pixel units, 0..255), got {noise_sigma}")
     if poison_shards is not None and poison_shards <= 0:
-        raise UserError(f"--poison-shards: must be positive, got {poison_shards}")
+        raise SettingError("poison_shards", f"must be positive, got {poison_shards}")
     if not shard_prefix or any(c in shard_prefix for c in "/\\{}:"):
-        raise UserError(f"--shard-prefix: {shard_prefix!r} must be non-empty, without / \\ {{ }} :")
+        raise SettingError("shard_prefix", f"{shard_prefix!r} must be non-empty, without / \\ {{ }} :")
 
 
 # A poison shard may hold at most this many times the poisons per shard of an even spread over

@@ -4,14 +4,29 @@ A sweep or a config names an attack ("backdoor"), a trigger ("checkerboard") or 
 source ("search") as a string; this module maps the string to the code, and
 ``poisonclip list`` shows what exists. Built-in entries live in their own modules and are
 imported on first lookup, so importing the registry stays cheap.
+
+What each kind registers, and who finds it here:
+
+* an attack (``register_attack``): an ``Attack`` -- its config class, the conversion of plain
+  settings (a sweep's YAML) to that config, its planner (config -> ``Plan``, which
+  ``attacks.api.poison`` writes), and its evaluation (``poisonclip.evaluate.hooks.AttackEvaluation``:
+  what the evaluator measures for a poison folder of this attack, and the results-table
+  columns that come of it). The sweep stages, ``poisonclip poison`` and the evaluator look
+  attacks up here only.
+* a trigger (``register_trigger``): ``paste(image, where) -> image``, the patch drawn at a
+  ``triggers.TriggerSpec``; ``stamp_trigger`` sizes and places it the one way the writer and
+  the evaluator share. The evaluator reaches triggers through this module only.
+* a caption set (``register_caption_set``): ``build(label, dataset=, plurals=, fmt=, report=)
+  -> CaptionSet``; any registered name is a valid ``caption_source``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from poisonclip.errors import UserError
 
@@ -21,6 +36,45 @@ _BUILTIN_MODULES = (
     "poisonclip.attacks.backdoor",
     "poisonclip.attacks.targeted",
 )
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack as the whole pipeline sees it, registered once under its name.
+
+    ``evaluation`` is the object the evaluator calls for a poison folder of this attack (a
+    ``poisonclip.evaluate.hooks.AttackEvaluation``), or ``"module:attribute"`` naming it: the
+    built-in attacks name theirs, because the evaluator is a later stage than poisoning and
+    the attack modules may not import it; it is loaded when first used.
+    """
+
+    name: str
+    config: type                                 # frozen config dataclass; its ClassVar ``attack`` is ``name``
+    plan: Callable[[Any], Any]                   # config -> Plan (the poisons to write)
+    evaluation: Any = None
+    from_settings: Callable[..., Any] | None = None  # (settings mapping, **fixed) -> config; default: by field types
+
+    def config_from(self, settings: Mapping[str, Any], **fixed: Any) -> Any:
+        """Plain settings (YAML, JSON) -> this attack's config; ``fixed`` are set by the caller."""
+        if self.from_settings is not None:
+            return self.from_settings(settings, **fixed)
+        from poisonclip.attacks.settings import config_from_mapping
+
+        return config_from_mapping(self.config, settings, **fixed)
+
+    def has_setting(self, name: str) -> bool:
+        """The config has a field ``name`` (how the sweep knows which corpus files to hand over)."""
+        return name in {f.name for f in dataclasses.fields(self.config)}
+
+    def evaluator(self) -> Any:
+        """The evaluation hook, imported on first use when it is named by a string."""
+        ev = self.evaluation
+        if isinstance(ev, str):
+            module, _, attr = ev.partition(":")
+            ev = getattr(importlib.import_module(module), attr)
+        if ev is None:
+            raise UserError(f"attack {self.name!r} registers no evaluation; the evaluator cannot measure it")
+        return ev
 
 
 @dataclass(frozen=True)
@@ -51,6 +105,10 @@ class Registry:
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a test's or a session's own entry); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> Any:
         _load_builtins()
         try:
@@ -74,8 +132,24 @@ CAPTION_SETS = Registry("caption set")
 REGISTRIES: dict[str, Registry] = {"attacks": ATTACKS, "triggers": TRIGGERS, "captions": CAPTION_SETS}
 
 
-def register_attack(name: str) -> Callable[[Any], Any]:
-    return ATTACKS.register(name)
+def register_attack(name: str, *, config: type, evaluation: Any,
+                    from_settings: Callable[..., Any] | None = None) -> Callable[[Any], Any]:
+    """``@register_attack("name", config=Cfg, evaluation=...)`` on the attack's planner.
+
+    The planner's docstring is the attack's description in ``poisonclip list``.
+    """
+    if getattr(config, "attack", None) != name:
+        raise ValueError(f"attack {name!r}: its config {config.__name__} must say attack = {name!r} (a ClassVar)")
+    missing = {"data", "out", "overwrite"} - {f.name for f in dataclasses.fields(config)}
+    if missing:   # what `attacks.api.poison` and the sweep set for every attack
+        raise ValueError(f"attack {name!r}: its config {config.__name__} lacks the field(s) {sorted(missing)}")
+
+    def add(plan: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        lines = (plan.__doc__ or "").strip().splitlines()
+        ATTACKS.register(name, Attack(name, config, plan, evaluation, from_settings), lines[0] if lines else "")
+        return plan
+
+    return add
 
 
 def register_trigger(name: str) -> Callable[[Any], Any]:
@@ -84,6 +158,34 @@ def register_trigger(name: str) -> Callable[[Any], Any]:
 
 def register_caption_set(name: str) -> Callable[[Any], Any]:
     return CAPTION_SETS.register(name)
+
+
+def stamp_trigger(name: str, image: Any, patch_size: int, placement: str, rng: Any) -> tuple[Any, Any]:
+    """``image`` with the registered trigger ``name`` on it, and where it went (a ``TriggerSpec``).
+
+    The patch side is ``patch_size`` at 224 pixels scaled to the image's shorter side, placed
+    by ``placement`` ("corner", "random" with ``rng``): the one geometry the poisons are
+    written in and the evaluator tests in. Raises ValueError when the patch does not fit.
+    """
+    from poisonclip.attacks import triggers
+
+    side = triggers.patch_pixels(patch_size, min(image.size))
+    where = triggers.place(image.size, side, placement, rng)
+    return TRIGGERS.get(name)(image, where), where
+
+
+def placements() -> tuple[str, ...]:
+    """Where a trigger may go: "corner" (the paper's consistent placement), "random"."""
+    from poisonclip.attacks import triggers
+
+    return tuple(p.value for p in triggers.Placement)
+
+
+def trigger_side(patch_size: int, resolution: int) -> int:
+    """The patch side in pixels of a ``resolution``-pixel model input (``patch_size`` is at 224)."""
+    from poisonclip.attacks import triggers
+
+    return triggers.patch_pixels(patch_size, resolution)
 
 
 def list_registered(kind: str | None = None, pattern: str = "*") -> list[Entry]:

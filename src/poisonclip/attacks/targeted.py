@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from poisonclip.attacks.captions import (CaptionSet, CaptionSource, LabelMatcher, load_caption_set,
-                                         search_captions, size_captions, template_captions)
+from poisonclip.attacks.captions import (CaptionSet, LabelMatcher, build_caption_set, check_caption_source,
+                                         load_caption_set, search_captions, size_captions)
 from poisonclip.attacks.evasion import perturb_captions
 from poisonclip.attacks.plan import (Plan, PoisonItem, TargetImage, absolute_spec, check_common, jsonable,
                                      poison_key, rng_for)
@@ -27,20 +27,22 @@ from poisonclip.attacks.sources import draw_sources, find_classnames, find_sampl
 from poisonclip.data import dataset_kind
 from poisonclip.data.csv_io import CsvFormat, safe_key
 from poisonclip.data.sample import CorruptSample, SkipReport, decode_image, encode_image
-from poisonclip.errors import UserError
-from poisonclip.io_utils import sha256_bytes
+from poisonclip.errors import SettingError, UserError
+from poisonclip.io_utils import same_path, sha256_bytes
 
 TARGETS_DIR = "targets"
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """One target: image (file path, ``key:<key>`` or a bare dataset key), label, copies."""
+    """One target to poison, as asked for: image (file path, ``key:<key>`` or a bare dataset
+    key), label, copies, caption source (a registered caption-set name). The target as written
+    to poison.json, for the evaluator, is another record (``poisonclip.contracts``)."""
 
     image: str
     label: str
     n_poisons: int
-    caption_source: CaptionSource = CaptionSource.templates
+    caption_source: str = "templates"
     id: str = ""
 
 
@@ -55,7 +57,7 @@ class TargetedConfig:
     targets: tuple[TargetSpec, ...] = ()
     random_targets: int = 0                # extra targets drawn from target_source, random wrong labels
     n_poisons: int = 0                     # copies per random target
-    caption_source: CaptionSource = CaptionSource.templates  # for random targets
+    caption_source: str = "templates"       # registered caption set of the random targets
     target_source: str | None = None       # dataset for target keys / random targets (default: data)
     seed: int = 0
     plurals: bool = True
@@ -82,7 +84,7 @@ class _Resolved:
     id: str
     label: str
     n_poisons: int
-    caption_source: CaptionSource
+    caption_source: str
     image: bytes
     source_key: str
     source: str
@@ -91,22 +93,20 @@ class _Resolved:
 
 def _check(cfg: TargetedConfig) -> None:
     if not cfg.targets and cfg.random_targets <= 0:
-        raise UserError("no target: give --target IMAGE --label LABEL (repeatable) or --random-targets K")
+        raise SettingError("targets", "no target: give targets (image + label) or random_targets")
     if cfg.random_targets < 0:
-        raise UserError(f"--random-targets: must be >= 0, got {cfg.random_targets}")
+        raise SettingError("random_targets", f"must be >= 0, got {cfg.random_targets}")
     if cfg.random_targets and cfg.n_poisons <= 0:
-        raise UserError(f"--n-poisons: must be positive, got {cfg.n_poisons}")
-    sources = {s.value for s in CaptionSource}
-    for name in [cfg.caption_source, *(t.caption_source for t in cfg.targets)]:
-        if name not in sources:
-            raise UserError(f"--caption-source: {name!r} is not one of {', '.join(sorted(sources))}")
+        raise SettingError("n_poisons", f"must be positive, got {cfg.n_poisons}")
+    check_caption_source("caption_source", cfg.caption_source)
     for i, t in enumerate(cfg.targets):
+        check_caption_source(f"targets[{i}].caption_source", t.caption_source)
         if t.n_poisons <= 0:
-            raise UserError(f"target {i} ({t.image}): --n-poisons must be positive, got {t.n_poisons}")
+            raise SettingError(f"targets[{i}].n_poisons", f"must be positive, got {t.n_poisons} ({t.image})")
         if not t.label.strip():
-            raise UserError(f"target {i} ({t.image}): label is empty")
+            raise SettingError(f"targets[{i}].label", f"label is empty ({t.image})")
         if t.id and safe_key(t.id) != t.id:
-            raise UserError(f"target {i}: id {t.id!r} may hold only letters, digits, - and _")
+            raise SettingError(f"targets[{i}].id", f"{t.id!r} may hold only letters, digits, - and _")
     total = sum(t.n_poisons for t in cfg.targets) + cfg.random_targets * max(cfg.n_poisons, 0)
     check_common(total, cfg.seed, cfg.noise_sigma, cfg.poison_shards, cfg.shard_prefix)
     dataset_kind(cfg.data)
@@ -119,18 +119,18 @@ def _read_target(spec: str, lookup: str, fmt: CsvFormat, report: SkipReport) -> 
         try:
             data = Path(spec).read_bytes()
         except OSError as e:
-            raise UserError(f"--target {spec}: cannot read ({e.strerror})") from None
+            raise UserError(f"target image {spec}: cannot read ({e.strerror})") from None
         src_key, label = Path(spec).name, None
     else:
         key = key if key is not None else spec
         s = find_sample(lookup, key, fmt, report)
         if s is None:
-            raise UserError(f"--target {spec!r}: neither an image file nor a key in {lookup}")
+            raise UserError(f"target image {spec!r}: neither an image file nor a key in {lookup}")
         data, src_key, label = s.image, s.key, s.meta.get("label")
     try:
         decode_image(data)
     except CorruptSample as e:
-        raise UserError(f"--target {spec}: not a readable image ({e.reason}); give a PNG/JPEG file "
+        raise UserError(f"target image {spec}: not a readable image ({e.reason}); give a PNG/JPEG file "
                         "or a dataset key") from None
     return data, src_key, label
 
@@ -160,15 +160,15 @@ def _resolve_targets(cfg: TargetedConfig, data: str, lookup: str, classnames: li
     for i, t in enumerate(cfg.targets):
         img, key, raw = _read_target(t.image, lookup, cfg.fmt, report)
         out.append(_Resolved(t.id or f"t{i:03d}", " ".join(t.label.split()), t.n_poisons,
-                             CaptionSource(t.caption_source), img, key, _target_source(t.image),
+                             t.caption_source, img, key, _target_source(t.image),
                              _label_name(raw, classnames)))
     if cfg.random_targets:
         if not classnames:
-            raise UserError("--random-targets: needs a class list to draw labels from; pass --classnames")
-        if lookup == data:
-            raise UserError("--random-targets: draws targets from the training data, where each already sits "
-                            "with its true caption; pass --target-source with a held-out labelled set "
-                            "(e.g. the corpus' test.tsv)")
+            raise SettingError("random_targets", "needs a class list to draw labels from; give classnames")
+        if lookup == data or same_path(lookup, data):
+            raise SettingError("random_targets", "draws targets from the training data, where each already sits "
+                               "with its true caption; set target_source to a held-out labelled set "
+                               "(e.g. the corpus' test.tsv)")
         rng = rng_for(cfg.seed, "random-targets")
         fmt_lookup = CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep)
         draw = draw_sources(lookup, cfg.random_targets, rng, label_key=cfg.label_key, fmt=fmt_lookup,
@@ -181,7 +181,7 @@ def _resolve_targets(cfg: TargetedConfig, data: str, lookup: str, classnames: li
             choices = [c for c in classnames if c != true]
             label = choices[int(rng.integers(len(choices)))]
             out.append(_Resolved(f"t{len(cfg.targets) + j:03d}", label, cfg.n_poisons,
-                                 CaptionSource(cfg.caption_source), s.image, s.key, f"key:{s.key}", true))
+                                 cfg.caption_source, s.image, s.key, f"key:{s.key}", true))
     ids = [r.id for r in out]
     if len(set(ids)) != len(ids):
         raise UserError(f"target ids repeat: {sorted({x for x in ids if ids.count(x) > 1})}; give distinct ids")
@@ -196,13 +196,13 @@ def _caption_sets(cfg: TargetedConfig, targets: list[_Resolved], data: str,
         sets[(cs.source, cs.label)] = cs
     to_search = []
     for t in targets:
-        k = (t.caption_source.value, t.label)
+        k = (t.caption_source, t.label)
         if k in sets:
             continue
-        if t.caption_source is CaptionSource.templates:
-            sets[k] = template_captions(t.label)
+        if t.caption_source == "search":
+            to_search.append(t.label)   # one pass over the data for every label, below
         else:
-            to_search.append(t.label)
+            sets[k] = build_caption_set(t.caption_source, t.label, data, cfg.plurals, cfg.fmt, report)
     if to_search:
         for label, cs in search_captions(data, to_search, cfg.plurals, cfg.fmt, report).items():
             sets[("search", label)] = cs
@@ -211,7 +211,7 @@ def _caption_sets(cfg: TargetedConfig, targets: list[_Resolved], data: str,
     return sets
 
 
-@register_attack("targeted")
+@register_attack("targeted", config=TargetedConfig, evaluation="poisonclip.evaluate.targeted:EVALUATION")
 def plan_targeted(cfg: TargetedConfig) -> Plan:
     """Targeted poisoning: copies of each target image x' with captions naming its label y'."""
     _check(cfg)
@@ -230,7 +230,7 @@ def plan_targeted(cfg: TargetedConfig) -> Plan:
 
     entries: list[tuple[_Resolved, str]] = []
     for t in targets:
-        cs = sets[(t.caption_source.value, t.label)]
+        cs = sets[(t.caption_source, t.label)]
         for c in size_captions(cs.captions, t.n_poisons, rng_for(cfg.seed, "captions", t.id)):
             entries.append((t, c))
     captions = [c for _, c in entries]
@@ -247,17 +247,17 @@ def plan_targeted(cfg: TargetedConfig) -> Plan:
         for i, j in enumerate(order))
     section = []
     for t in targets:
-        cs = sets[(t.caption_source.value, t.label)]
+        cs = sets[(t.caption_source, t.label)]
         section.append({
             "id": t.id, "label": t.label, "image": f"{TARGETS_DIR}/{t.id}.png", "n_poisons": t.n_poisons,
-            "caption_source": t.caption_source.value, "source": t.source, "source_key": t.source_key,
+            "caption_source": t.caption_source, "source": t.source, "source_key": t.source_key,
             "source_sha256": sha256_bytes(t.image), "true_label": t.true_label,
             "captions_found": len(cs.captions), "captions_scanned": cs.n_scanned,
         })
     in_training = [t.id for t in targets if t.source.startswith("key:") and lookup == data]
     warnings = ([f"target(s) {', '.join(in_training)} are images of the training data itself, where each "
                  "already sits with its true caption; the paper's targets are held-out images "
-                 "(--target-source)"] if in_training else [])
+                 "(target_source)"] if in_training else [])
     pngs = tuple(TargetImage(t.id, t.label, encode_image(decode_image(t.image), "png")) for t in targets)
     config = {"attack": "targeted", **jsonable(cfg), "data": data, "target_source": lookup,
               "classnames": cn_path}

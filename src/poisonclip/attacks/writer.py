@@ -31,14 +31,14 @@ from poisonclip.attacks import triggers
 from poisonclip.attacks.evasion import add_noise
 from poisonclip.attacks.manifest import MANIFEST_FILE, ManifestRow, write_manifest
 from poisonclip.attacks.plan import Plan, PoisonItem, rng_for, shard_bunching
-from poisonclip.attacks.registry import TRIGGERS
+from poisonclip.attacks.registry import stamp_trigger
 from poisonclip.attacks.sources import shard_sizes
 from poisonclip.data import dataset_kind
 from poisonclip.data.csv_io import (OPEN_CLIP_CAPTION_KEY, OPEN_CLIP_IMG_KEY, check_row, clean_text, csv_columns,
                                     csv_key, iter_rows, safe_key)
 from poisonclip.data.sample import CorruptSample, Sample, SkipReport, check_image_file, decode_image, encode_image
 from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import (OutputKind, atomic_dir, atomic_write_bytes, atomic_write_json, check_out,
                                  input_paths, sha256_bytes)
 
@@ -92,9 +92,8 @@ def render(item: PoisonItem, seed: int, attempt: int = 0) -> tuple[bytes, trigge
         img = add_noise(img, item.noise_sigma, rng_for(seed, "noise", item.index, attempt))
     spec = None
     if item.patch_size:
-        px = triggers.patch_pixels(item.patch_size, img.size[0])
-        spec = triggers.place(img.size, px, item.placement, rng_for(seed, "placement", item.index))
-        img = TRIGGERS.get(item.trigger or "checkerboard")(img, spec)
+        img, spec = stamp_trigger(item.trigger or "checkerboard", img, item.patch_size, item.placement,
+                                  rng_for(seed, "placement", item.index))
     return encode_image(img, "png"), spec
 
 
@@ -168,7 +167,7 @@ def _spec_of(paths: list[Path]) -> str:
 
 def _wds_layout(plan: Plan, out: Path, report: SkipReport) -> _WdsLayout:
     if any(c in str(out) for c in "{}") or "::" in str(out):
-        raise UserError(f"--out {out}: braces and '::' would break open_clip's shard list; choose another path")
+        raise SettingError("out", f"{out}: braces and '::' would break open_clip's shard list; choose another path")
     clean = expand_shards(plan.dataset)
     names = [p.name for p in clean]
     dup = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
@@ -181,7 +180,7 @@ def _wds_layout(plan: Plan, out: Path, report: SkipReport) -> _WdsLayout:
     clash = sorted(set(poison_names) & set(names))
     if clash:
         raise UserError(f"{plan.dataset}: clean shard {clash[0]} has the name of a poison shard; "
-                        "pass another --shard-prefix")
+                        "choose another shard_prefix")
     sizes = shard_sizes(clean, report)
     poison_paths = [out / nm for nm in poison_names]
     train_data = _spec_of(poison_paths) + "::" + _spec_of(clean)
@@ -255,7 +254,7 @@ def _write_csv(plan: Plan, rendered: list[tuple[Sample, ManifestRow]], tmp: Path
                 continue
             key = csv_key(row, i)
             if key in poison_keys:
-                raise UserError(f"{src}: clean key {key!r} equals a poison key; rename it or use another --seed")
+                raise UserError(f"{src}: clean key {key!r} equals a poison key; rename it or use another seed")
             w.writerow([os.path.abspath(img), caption, key, *[clean_text(row.get(c) or "") for c in extra]])
             n_clean += 1
         for pr in poison_rows[j:]:

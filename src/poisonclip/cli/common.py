@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import typer
 from rich.console import Console
 
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -44,19 +45,47 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+_NESTED = re.compile(r"(\w+)\[(\d+)\]\.(.+)")
+
+
+def flag_for(setting: str, flags: Mapping[str, str] | None = None) -> str:
+    """The command-line flag of a library setting: ``patch_size`` -> ``--patch-size``, unless
+    ``flags`` names it otherwise (``target_label`` -> ``--label``); a setting of one item of a
+    list (``targets[1].n_poisons``) -> that item's flag, ``--n-poisons (target 1)``."""
+    flags = flags or {}
+    m = _NESTED.fullmatch(setting)
+    if m and setting not in flags:
+        outer, index, inner = m.groups()
+        return f"{flag_for(inner, flags)} ({outer[:-1] if outer.endswith('s') else outer} {index})"
+    return flags.get(setting, "--" + setting.replace("_", "-"))
+
+
+def user_message(e: UserError, flags: Mapping[str, str] | None = None) -> str:
+    """A library error as the command line says it: a setting named by its flag."""
+    if isinstance(e, SettingError):
+        return f"{flag_for(e.setting, flags)}: {e.problem}"
+    return str(e)
+
+
 class App(typer.Typer):
     """Typer app whose commands report ``UserError`` as one line and exit code 2.
 
-    Anything else is a bug in poisonclip and keeps its traceback.
+    A ``SettingError`` names the library's setting (``patch_size``); it is reported with the
+    command's flag for it (``--patch-size``), by ``flag_for`` and the ``flags`` a command is
+    registered with (``app.command(flags={"target_label": "--label"})``) or the app was made
+    with. Anything else is a bug in poisonclip and keeps its traceback.
     """
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, *, flags: Mapping[str, str] | None = None, **kwargs: Any):
         kwargs.setdefault("no_args_is_help", True)
         kwargs.setdefault("pretty_exceptions_show_locals", False)
         super().__init__(**kwargs)
+        self.flags = dict(flags or {})
 
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def command(self, *args: Any, flags: Mapping[str, str] | None = None,
+                **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         register = super().command(*args, **kwargs)
+        names = {**self.flags, **(flags or {})}
 
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(func)
@@ -64,7 +93,7 @@ class App(typer.Typer):
                 try:
                     return func(*a, **kw)
                 except UserError as e:
-                    raise fail(str(e)) from None
+                    raise fail(user_message(e, names)) from None
 
             register(guarded)
             return func

@@ -98,7 +98,7 @@ def compare_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the comparison as JSON here.")] = None,
 ) -> None:
     """Poisoned vs clean models over seeds: mean +- std, pooled Wilson intervals, accuracy test."""
-    from poisonclip.evaluate.api import compare, load_metrics
+    from poisonclip.evaluate.compare import compare, load_metrics
     from poisonclip.io_utils import atomic_write_json
 
     if json_out is not None and json_out.exists():   # replace only an earlier comparison
@@ -143,5 +143,5 @@ def compare_command(
 
 def register(root: App) -> None:
     """Add this stage's commands to the root app."""
-    root.command("eval")(eval_command)
+    root.command("eval", flags={"probe_cs": "--probe-c", "probe": "--no-probe"})(eval_command)
     root.command("eval-compare")(compare_command)

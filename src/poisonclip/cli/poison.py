@@ -15,12 +15,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from poisonclip.attacks.captions import CaptionSource
 from poisonclip.attacks.triggers import Placement
 from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
-app = App(help="Poison a dataset: targeted poisoning or a backdoor, with a ground-truth manifest.")
+# The library's settings that these commands name otherwise (the rest: patch_size -> --patch-size).
+FLAGS = {"target_label": "--label", "plurals": "--no-plurals", "exclude_labels": "--exclude-label",
+         "caption_files": "--caption-file", "targets": "--target", "image": "--target", "id": "--target-id",
+         "data": "DATA"}
+
+app = App(help="Poison a dataset: targeted poisoning or a backdoor, with a ground-truth manifest.", flags=FLAGS)
 
 _DATA_HELP = "Clean dataset: a .csv/.tsv table (open_clip columns) or WebDataset shards (folder or pattern)."
 _OUT_HELP = "Poisoned dataset folder to create (must not exist unless --overwrite)."
@@ -108,6 +112,8 @@ def backdoor(
                                                  "to the model's input size (paper: 16; ablation 1..32).")] = 16,
     placement: Annotated[Placement, typer.Option(help="corner: upper-left on every image (paper); "
                                                       "random: a random place per image.")] = Placement.corner,
+    trigger: Annotated[str, typer.Option(help="Registered trigger pasted as the patch "
+                                              "(`poisonclip list triggers`).")] = "checkerboard",
     resolution: Annotated[Optional[int], typer.Option(
         help="Input size of the model to be trained: poisons are written as the source's centre square "
              "at this size, so training sees the patch pixel for pixel. Default 224 (or --model's).")] = None,
@@ -139,7 +145,8 @@ def backdoor(
 
     cfg = BackdoorConfig(
         data=data, out=str(out), target_label=label, n_poisons=n_poisons, patch_size=patch_size,
-        placement=placement, resolution=_resolution(resolution, model), seed=seed, plurals=not no_plurals,
+        placement=placement, resolution=_resolution(resolution, model), trigger=trigger, seed=seed,
+        plurals=not no_plurals,
         caption_file=str(caption_file) if caption_file else None,
         classnames=str(classnames) if classnames else None, no_classnames=no_classnames,
         label_key=label_key, exclude_labels=tuple(exclude_label or ()), pool_factor=pool_factor,
@@ -172,9 +179,9 @@ def targeted(
         help="Target image x': a file, 'key:<key>' or a key in --target-source (default: DATA). "
              "Repeat for several targets.")] = None,
     label: Annotated[Optional[List[str]], typer.Option(help="Target label y', one per --target.")] = None,
-    caption_source: Annotated[Optional[List[CaptionSource]], typer.Option(
-        help="templates: CLIP's 80 prompts with the label; search: DATA's captions naming the label. "
-             "Once for all targets or once per --target.")] = None,
+    caption_source: Annotated[Optional[List[str]], typer.Option(
+        help="A registered caption set (`poisonclip list captions`): templates: CLIP's 80 prompts with the "
+             "label; search: DATA's captions naming the label. Once for all targets or once per --target.")] = None,
     target_id: Annotated[Optional[List[str]], typer.Option(
         help="Names of the targets (default t000, t001, ...).")] = None,
     random_targets: Annotated[int, typer.Option(
@@ -204,7 +211,7 @@ def targeted(
     targets_in, labels = list(target or []), list(label or [])
     if len(labels) != len(targets_in):
         raise UserError(f"--label: give one per --target ({len(targets_in)} targets, {len(labels)} labels)")
-    sources = list(caption_source or [CaptionSource.templates])
+    sources = list(caption_source or ["templates"])
     ns = list(n_poisons)
     ids = list(target_id or [])
     if ids and len(ids) != len(targets_in):
@@ -230,8 +237,9 @@ def targeted(
 def captions(
     label: Annotated[str, typer.Option(help="Label whose caption set to build.")],
     data: Annotated[Optional[str], typer.Argument(help="Dataset to search (needed for --source search).")] = None,
-    source: Annotated[CaptionSource, typer.Option(help="search: DATA's captions naming the label; "
-                                                       "templates: CLIP's 80 prompts.")] = CaptionSource.search,
+    source: Annotated[str, typer.Option(help="A registered caption set (`poisonclip list captions`): search: "
+                                             "DATA's captions naming the label; templates: CLIP's 80 prompts.")
+                      ] = "search",
     n: Annotated[Optional[int], typer.Option(help="Also size the set to N captions as an attack would.")] = None,
     show: Annotated[int, typer.Option(help="Captions to print.")] = 10,
     out: Annotated[Optional[Path], typer.Option(
@@ -259,7 +267,7 @@ def captions(
                            img_key=img_key, caption_key=caption_key, csv_sep=_sep(csv_sep))
     with console.status("building caption set..."):
         cs, sized = caption_set(cfg)
-    if cs.source == CaptionSource.search.value:
+    if cs.source == "search":
         console.print(safe_text(f"{len(cs)} distinct captions ({cs.n_matched} matches) name {label!r} "
                                 f"among {cs.n_scanned} captions"), markup=False, highlight=False)
     else:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import sha256_file
 
 RUN_FILE = "run.json"
@@ -49,7 +49,7 @@ def resolve_run(run_dir: str | os.PathLike) -> tuple[str, Path]:
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
     if not path.is_file():
-        raise UserError(f"{path}: not found; --run takes a folder written by `poisonclip train`")
+        raise SettingError("run", f"{path} not found; give a folder written by `poisonclip train`")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -111,14 +111,14 @@ def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") ->
                         "(open_clip_train saves logs/<name>/checkpoints/epoch_<n>.pt)")
     if ":" not in name and open_clip.get_model_config(name) is None:
         ours = ", ".join(register_models())
-        raise UserError(f"--model {name!r}: not an open_clip model name; this project's are {ours}, "
-                        "see open_clip.list_models() for the rest")
+        raise SettingError("model", f"{name!r}: not an open_clip model name; this project's are {ours}, "
+                           "see open_clip.list_models() for the rest")
     try:
         with _quiet_random_init_warning():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=None, device=device, pretrained_text=False)
     except RuntimeError as e:
-        raise UserError(f"--model {name!r}: open_clip cannot build it ({str(e).splitlines()[0]})") from None
+        raise SettingError("model", f"{name!r}: open_clip cannot build it ({str(e).splitlines()[0]})") from None
     sd = _read_state_dict(path)
     _check_fits(model, sd, name, path)
     try:

@@ -13,8 +13,14 @@ stage's frozen config dataclass and returns it with every default filled in: the
 config is what content keys hash, so a default changed in the code is a new artefact, and a
 misspelt field fails at expansion instead of hours into a sweep.
 
-``PoisonclipStages`` maps these onto the library's stage functions. Another implementation
-(your own trainer, or the fakes the tests use) is named in a spec as ``stages: module:object``.
+``PoisonclipStages`` maps these onto the library's stage functions. It knows no attack by
+name: ``poison.attack`` is looked up in the attack registry, whose entry converts the spec's
+settings to the attack's config; the evaluator measures it through the entry's evaluation and
+the table gets the columns that evaluation gives. The corpus hands an attack its class list and
+its held-out test split when the attack's config has a ``classnames`` / ``target_source``
+setting the spec leaves out, and an attack with a ``resolution`` setting writes its poisons at
+the trained model's input size. Another implementation (your own trainer, or the fakes the
+tests use) is named in a spec as ``stages: module:object``.
 """
 
 from __future__ import annotations
@@ -26,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from poisonclip.errors import UserError
-from poisonclip.io_utils import same_path
+from poisonclip.errors import SettingError, UserError
 
 EXTERNAL_CORPUS = "external.json"
 # Fields of EvalConfig the sweep fills in itself; a spec may not set them.
@@ -96,22 +101,20 @@ _POISON_FIXED = {"data", "out", "overwrite"}
 _TRAIN_FIXED = {"data", "out", "overwrite", "resume"}
 
 
-def _attack_class(name: Any) -> tuple[type, str]:
-    from poisonclip.attacks.api import BackdoorConfig, TargetedConfig
+def _attack(name: Any) -> Any:
+    """The registered attack a spec's ``poison.attack`` names (``attacks.registry.ATTACKS``)."""
+    from poisonclip.attacks.registry import ATTACKS
 
-    classes = {"backdoor": BackdoorConfig, "targeted": TargetedConfig}
-    if name not in classes:
-        raise UserError(f"sweep spec: poison.attack: {name!r} is not one of {sorted(classes)}")
-    return classes[name], name
+    known = ATTACKS.names()
+    if name not in known:
+        raise UserError(f"sweep spec: poison.attack: {name!r} is not one of {known}")
+    return ATTACKS.get(name)
 
 
-def _attack_config(cls: type, config: Mapping[str, Any], **fixed: Any) -> Any:
-    """A spec's poison section -> the attack's config (converted on the attack side)."""
-    from poisonclip.attacks.settings import config_from_mapping
-    from poisonclip.errors import SettingError
-
+def _attack_config(attack: Any, config: Mapping[str, Any], **fixed: Any) -> Any:
+    """A spec's poison section -> the attack's config (converted by the attack's registry entry)."""
     try:
-        return config_from_mapping(cls, config, **fixed)
+        return attack.config_from(config, **fixed)
     except SettingError as e:
         raise UserError(f"sweep spec: poison.{e.setting}: {e.problem}") from None
     except UserError as e:
@@ -185,12 +188,13 @@ class PoisonclipStages:
 
     # --- resolve -------------------------------------------------------------------------
     def link(self, raw: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Settings one stage takes from another: a backdoor's poisons are written at the
-        input size of the model the trial trains (unless the spec sets ``poison.resolution``),
-        so the patch reaches that model pixel for pixel."""
+        """Settings one stage takes from another: an attack whose config has a ``resolution``
+        (a trigger's: the backdoor's) writes its poisons at the input size of the model the
+        trial trains (unless the spec sets ``poison.resolution``), so the patch reaches that
+        model pixel for pixel."""
         out = {stage: dict(cfg) for stage, cfg in raw.items()}
         poison = out.get("poison", {})
-        if poison.get("attack", "backdoor") == "backdoor" and "resolution" not in poison:
+        if _attack(poison.get("attack", "backdoor")).has_setting("resolution") and "resolution" not in poison:
             from poisonclip.train.models import input_size
 
             model = self._resolve_train(dict(out.get("train", {})))["model"]
@@ -209,12 +213,12 @@ class PoisonclipStages:
         return _plain(_build(SynthConfig, "corpus", config))
 
     def _resolve_poison(self, config: dict[str, Any]) -> dict[str, Any]:
-        cls, attack = _attack_class(config.pop("attack", "backdoor"))
+        attack = _attack(config.pop("attack", "backdoor"))
         fixed = sorted(set(config) & _POISON_FIXED)
         if fixed:
             raise UserError(f"sweep spec: poison: {fixed} are set by the sweep for each trial; remove them")
-        cfg = _attack_config(cls, config, data="-", out="-")
-        return {"attack": attack, **{k: v for k, v in _plain(cfg).items() if k not in _POISON_FIXED}}
+        cfg = _attack_config(attack, config, data="-", out="-")
+        return {"attack": attack.name, **{k: v for k, v in _plain(cfg).items() if k not in _POISON_FIXED}}
 
     def _resolve_train(self, config: dict[str, Any]) -> dict[str, Any]:
         from poisonclip.train.presets import DEFAULT_PRESET
@@ -262,22 +266,22 @@ class PoisonclipStages:
         from poisonclip.attacks.api import poison
 
         config = dict(config)
-        cls, _ = _attack_class(config.pop("attack"))
+        attack = _attack(config.pop("attack"))
         paths = corpus_paths(corpus)
-        if paths.classnames and not config.get("classnames") and not config.get("no_classnames"):
+        # The corpus' files an attack takes when the spec leaves them out, by setting name:
+        # its class list, and (targeted) the held-out labelled set targets are drawn from --
+        # never the training data, where a target already sits with its true caption; the
+        # evaluator leaves them out of clean accuracy.
+        if (attack.has_setting("classnames") and paths.classnames and not config.get("classnames")
+                and not config.get("no_classnames")):
             config["classnames"] = paths.classnames
-        if cls.attack == "targeted":
-            # Targets come from the held-out labelled set, never from the training data (a
-            # training image already sits there with its true caption); the evaluator leaves
-            # them out of clean accuracy.
-            source = config.get("target_source")
-            if not source:
-                config["target_source"] = paths.test
-            elif config.get("random_targets") and same_path(source, paths.train):
-                raise UserError("sweep spec: poison.target_source: random targets must come from a held-out "
-                                "labelled set, not the training data; leave it out to use the corpus' test split")
-        cfg = _attack_config(cls, config, data=paths.train, out=str(out))
-        res = poison(cfg)
+        if attack.has_setting("target_source") and not config.get("target_source"):
+            config["target_source"] = paths.test
+        cfg = _attack_config(attack, config, data=paths.train, out=str(out))
+        try:
+            res = poison(cfg)
+        except SettingError as e:   # named as the spec names it
+            raise UserError(f"sweep spec: poison.{e.setting}: {e.problem}") from None
         total = res.n_clean + res.n_poisons
         return {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
                 "poison_ratio": res.n_poisons / total if total else None}

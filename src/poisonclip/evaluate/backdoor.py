@@ -1,0 +1,190 @@
+"""The backdoor's evaluation: attack success rate and z-score of the trained trigger.
+
+Triggers come from the attack registry (``stamp_trigger``: the function the poisons were
+written with) and are applied in the model's input space: after the model's resize and
+centre crop, before normalisation, the patch scaled to the input size -- the geometry the
+training poisons were written in, whatever the eval images' size or aspect. Each trigger is
+tested where the poisons had it (``train_placement``), at random positions, and in the corner
+(the paper's consistent placement) when training placed it elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from poisonclip.attacks.registry import TRIGGERS, placements, stamp_trigger, trigger_side
+from poisonclip.data.evalset import LabelledSet
+from poisonclip.errors import UserError
+from poisonclip.evaluate import metrics as M
+from poisonclip.evaluate.columns import rate_columns
+from poisonclip.evaluate.compare import rate_summary, rates
+from poisonclip.evaluate.embed import embed_images, input_size
+from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, PoisonFolder, class_index
+from poisonclip.evaluate.stats import mean_std
+from poisonclip.evaluate.zeroshot import zeroshot_scores
+
+# Random streams of the evaluation seed (the probe split draws from stream 2, evaluate.api).
+_STREAM_RANDOM_TRIGGER = 1
+_STREAM_TRAIN_RANDOM_TRIGGER = 3
+# Names of the test placements in metrics.json, and where each puts the patch.
+TESTS = ("train_placement", "random", "corner")
+
+
+@dataclass(frozen=True)
+class BackdoorSpec:
+    """The trigger the poisons carry, as poison.json records it."""
+
+    target_label: str
+    patch_size: int          # side in pixels at 224x224, scaled to each image
+    placement: str           # "corner" | "random": where the poisons had it
+    trigger: str = "checkerboard"   # registered trigger name, as in training
+    resolution: int | None = None   # square side the poisons were written at (None: older files)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    spec: BackdoorSpec
+    target: int
+
+
+def read_spec(poison: PoisonFolder) -> BackdoorSpec:
+    """The ``backdoor`` section of poison.json."""
+    try:
+        b = poison.info["backdoor"]
+        spec = BackdoorSpec(str(b["target_label"]), int(b["patch_size"]), str(b["placement"]),
+                            str(b.get("trigger") or "checkerboard"),
+                            int(b["resolution"]) if b.get("resolution") is not None else None)
+        if spec.patch_size <= 0:
+            raise ValueError("patch_size must be positive")
+        if spec.placement not in placements():
+            raise ValueError(f"placement {spec.placement!r} is not one of {', '.join(placements())}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise poison.malformed(e) from None
+    TRIGGERS.get(spec.trigger)
+    return spec
+
+
+def prepare(poison: PoisonFolder, eval_set: LabelledSet, path: Path) -> _Prepared:
+    spec = read_spec(poison)
+    target = class_index(spec.target_label, eval_set.classnames, str(poison.path))
+    if not any(y != target for y in eval_set.labels):
+        raise UserError(f"{path}: every image has the backdoor target label; ASR needs images of other classes")
+    return _Prepared(spec, target)
+
+
+def trigger_fn(spec: BackdoorSpec, placement: str, rng: np.random.Generator,
+               positions: list[tuple[int, int, int]]) -> Callable[[Image.Image, int], Image.Image]:
+    """The training poisons' trigger at ``placement`` on the model-input image: the patch side
+    scaled from 224 to the input size, positions in input pixels (random ones drawn afresh
+    from ``rng``) and recorded in ``positions`` as (x, y, side)."""
+
+    def fn(im: Image.Image, i: int) -> Image.Image:
+        try:
+            out, where = stamp_trigger(spec.trigger, im, spec.patch_size, placement, rng)
+        except ValueError as e:
+            raise UserError(f"poison.json: backdoor patch_size {spec.patch_size}: {e}") from None
+        positions.append((where.x, where.y, where.size))
+        return out
+    return fn
+
+
+def _probe_asr(scores: np.ndarray, labels: np.ndarray, target: int) -> dict[str, Any] | None:
+    """None when the probe's held-out images are all of the target class (tiny eval sets)."""
+    if not (labels != target).any():
+        return None
+    return M.backdoor_asr(scores, labels, target).to_dict()
+
+
+def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
+    spec, target = prepared.spec, prepared.target
+    lm, labels, probe, probe_idx = ctx.model, ctx.labels, ctx.probe, ctx.probe_idx
+    try:
+        size = input_size(lm)
+    except ValueError as e:
+        raise UserError(f"model {lm.name}: {e}") from None
+    res: dict[str, Any] = {
+        "target_label": spec.target_label, "target_index": target, "patch_size_224": spec.patch_size,
+        "train_placement": spec.placement, "trigger": spec.trigger,
+        # Where the patch goes: on the model-input image (after resize and centre crop).
+        "input_size": size, "patch_pixels": trigger_side(spec.patch_size, size),
+        "poison_resolution": spec.resolution,
+        # Non-target images the clean-image classifier already sends to the target: the floor
+        # an ASR should be read against.
+        "target_rate_without_trigger": {"zeroshot": M.backdoor_asr(ctx.zeroshot_clean, labels, target).to_dict()},
+        "asr": {}, "zscore": {},
+    }
+    if spec.resolution is not None and spec.resolution != size:
+        res["warning"] = (f"the poisons were written at {spec.resolution}px but this model takes {size}px inputs: "
+                          "training resampled their patch, so the trigger tested here is not the one it learned")
+        ctx.say(f"warning: {res['warning']}")
+    if probe is not None:
+        res["target_rate_without_trigger"]["probe"] = _probe_asr(probe.scores(ctx.clean_emb[probe_idx]),
+                                                                 labels[probe_idx], target)
+    stream = {"train_placement": _STREAM_TRAIN_RANDOM_TRIGGER, "random": _STREAM_RANDOM_TRIGGER, "corner": 0}
+    tests = [("train_placement", spec.placement), ("random", "random")]
+    if spec.placement != "corner":
+        # Poisons placed randomly are still tested with the paper's consistent (corner) patch.
+        tests.append(("corner", "corner"))
+    for name, placement in tests:
+        rng = ctx.rng(stream[name])
+        positions: list[tuple[int, int, int]] = []
+        ctx.say(f"embedding triggered images ({name}: {placement})")
+        trig = embed_images(lm, ctx.decoded(), ctx.batch_size, trigger=trigger_fn(spec, placement, rng, positions))
+        asr = {"placement": placement,
+               "zeroshot": M.backdoor_asr(zeroshot_scores(trig, ctx.weights), labels, target).to_dict()}
+        if probe is not None:
+            asr["probe"] = _probe_asr(probe.scores(trig[probe_idx]), labels[probe_idx], target)
+        res["asr"][name] = asr
+        try:
+            z = M.backdoor_zscore(ctx.clean_emb, trig, ctx.edges, ctx.chunk, clean=ctx.clean_pairs)
+            res["zscore"][name] = {"placement": placement, **z.to_dict()}
+            ctx.arrays[f"triggered_{name}_counts"] = z.triggered.counts
+        except ValueError as e:  # a collapsed model (all clean embeddings equal): z undefined
+            res["zscore"][name] = {"placement": placement, "z": None, "note": str(e)}
+        ctx.arrays[f"trigger_{name}_xys"] = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+    return {"backdoor": res}
+
+
+def columns(m: Mapping[str, Any]) -> dict[str, Any]:
+    """Test placements as columns: ``as_trained`` (the trigger placed as in the poisons),
+    ``random``, and ``corner`` (the paper's consistent placement: the as-trained measurement
+    when training used the corner, or the evaluator's own corner measurement where it makes one).
+    """
+    out: dict[str, Any] = {}
+    bd = m.get("backdoor")
+    if not bd:
+        return out
+    names = [("train_placement", "as_trained"), ("random", "random"), ("corner", "corner")]
+    if bd.get("train_placement") == "corner":
+        names.append(("train_placement", "corner"))
+    for key, place in names:
+        for head in ("zeroshot", "probe"):
+            out.update(rate_columns(f"asr_{place}_{head}", bd.get("asr", {}).get(key, {}).get(head)))
+        z = bd.get("zscore", {}).get(key)
+        if z:
+            out[f"z_{place}"] = z.get("z")
+            out[f"sim_triggered_{place}_mean"] = z.get("mean_triggered")
+    for head in ("zeroshot", "probe"):
+        out.update(rate_columns(f"target_rate_clean_images_{head}",
+                                bd.get("target_rate_without_trigger", {}).get(head)))
+    return out
+
+
+def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """ASR per test placement and head, and the z-score, over models."""
+    out: dict[str, Any] = {}
+    for head in ("zeroshot", "probe"):
+        for pl in TESTS:
+            out[f"asr_{pl}_{head}"] = rate_summary(rates(ms, "backdoor", "asr", pl, head))
+    for pl in TESTS:
+        zs = [m.get("backdoor", {}).get("zscore", {}).get(pl, {}).get("z") for m in ms]
+        out[f"zscore_{pl}"] = mean_std(zs).to_dict() if all(z is not None for z in zs) else None
+    return out
+
+
+EVALUATION = AttackEvaluation(measure=measure, columns=columns, prepare=prepare, summarise=summarise)
