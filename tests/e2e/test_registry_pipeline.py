@@ -36,7 +36,7 @@ def test_a_registered_attack_runs_through_a_sweep_into_the_table(solid_square, t
     spec = tmp_path / "toy.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "toy-square",
-        "corpus": {"n_train": 300, "n_test": 100, "resolution": 32, "seed": 0},
+        "corpus": {"n_train": 300, "n_test": 100, "n_probe": 0, "resolution": 32, "seed": 0},
         "poison": {"attack": "solid-square", "target_label": "circle", "n_poisons": 30, "patch_size": 32},
         "train": {"model": "poisonclip-test", "epochs": 1, "batch_size": 50, "warmup": 2, "gpus": 0},
         "eval": {"templates": "simple", "probe": False},
@@ -77,6 +77,7 @@ def test_a_registered_attack_runs_through_a_sweep_into_the_table(solid_square, t
         k = int(df[f"{who}.solid_square_hit_zeroshot_k"][0])
         assert 0 <= k <= n_other and df[f"{who}.solid_square_hit_zeroshot"][0] == pytest.approx(k / n_other)
     assert not [c for c in df.columns if "asr_" in c or "targeted_" in c]   # no other attack's columns
-    metrics = [json.loads(p.read_text()) for p in out.rglob("metrics.json")]
-    assert metrics and all(m["poison"]["attack"] == "solid-square" and "solid_square" in m for m in metrics)
+    metrics = [json.loads(p.read_text()) for p in out.glob("trials/*/*eval/metrics.json")]   # the evaluator's
+    assert len(metrics) == 2 and all(m["poison"]["attack"] == "solid-square" and "solid_square" in m
+                                     for m in metrics)
     assert (out / "report" / "report.html").is_file()
