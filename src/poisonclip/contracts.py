@@ -170,8 +170,9 @@ class _Kind:
 
 
 def _path_of(source: str | os.PathLike, kind: _Kind) -> Path:
+    """The file itself, or ``kind.name`` in the folder (also a missing one: no file suffix)."""
     path = Path(source).expanduser()
-    return path / kind.name if path.is_dir() else path
+    return path / kind.name if path.is_dir() or (not path.exists() and not path.suffix) else path
 
 
 def _load(path: Path, kind: _Kind) -> tuple[bytes, dict[str, Any]]:

@@ -11,18 +11,17 @@ The attack is looked up by the config's ``attack`` name in the registry, plans t
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
+from poisonclip import contracts
 from poisonclip.attacks.backdoor import BackdoorConfig
 from poisonclip.attacks.captions import CaptionSet, CaptionSource, build_caption_set, size_captions
 from poisonclip.attacks.plan import Plan, rng_for
 from poisonclip.attacks.registry import ATTACKS
 from poisonclip.attacks.targeted import TargetedConfig, TargetSpec
-from poisonclip.attacks.writer import POISON_JSON, PoisonResult, _check_out, write_poisoned
+from poisonclip.attacks.writer import PoisonResult, _check_out, write_poisoned
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.errors import UserError
 
@@ -72,17 +71,9 @@ def caption_set(cfg: CaptionSetConfig) -> tuple[CaptionSet, list[str] | None]:
 
 
 def read_poison_info(folder: str | os.PathLike) -> dict:
-    """``poison.json`` of a poisoned dataset folder, checked for the contract's keys."""
-    path = Path(folder)
-    path = path / POISON_JSON if path.is_dir() else path
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror}); pass a folder written by `poisonclip poison`") from None
-    except ValueError:
-        raise UserError(f"{path}: not valid JSON") from None
-    need = ("attack", "dataset_type", "train_data", "num_samples", "n_clean", "n_poisons", "seed", "manifest")
-    missing = [k for k in need if k not in info]
-    if missing:
-        raise UserError(f"{path}: not a poisonclip poison.json (missing {missing})")
-    return info
+    """``poison.json`` as a plain mapping, read and checked by ``contracts.read_poison_info``.
+
+    Kept for ``evaluate/api.py`` until it takes the typed record ``contracts.PoisonInfo``
+    itself; new code reads the record.
+    """
+    return contracts.read_poison_info(folder).to_json()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from poisonclip.contracts import TRAIN_TABLE
 from poisonclip.data.sample import (IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image,
                                     read_image_file)
 from poisonclip.errors import UserError
@@ -244,7 +245,7 @@ def write_table(path: str | os.PathLike, rows: Iterable[dict[str, object]],
     return atomic_write_text(path, buf.getvalue())
 
 
-def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str = "train.tsv",
+def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str = TRAIN_TABLE,
               image_dir: str = "images", extra_columns: Sequence[str] = (),
               sep: str = "\t", report: SkipReport | None = None) -> Path:
     """Write images under ``out_dir/image_dir`` and a table ``out_dir/name`` that open_clip reads.
