@@ -3,8 +3,10 @@ malformed or too-new file is one clear UserError naming the file and the field."
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +266,42 @@ def test_every_hand_off_file_has_its_own_name():
              and k != "METRICS_SCHEMA"]
     assert len(names) == len(set(names)), sorted(names)
     assert C.TRIAL_RESULT_FILE != C.METRICS_FILE
+
+
+# --- one module names the files ------------------------------------------------------------
+
+SRC = Path(C.__file__).parent
+# Switched to the contracts on another branch (the evaluator's and the sweep stages' split);
+# remove each from here once it reads and writes through them.
+_NOT_YET_SWITCHED = {"evaluate/api.py", "experiments/stages.py"}
+
+
+def _public_constants() -> dict[str, object]:
+    return {k: v for k, v in vars(C).items() if k.isupper() and not k.startswith("_")}
+
+
+def test_hand_off_file_names_are_spelt_only_in_contracts():
+    names = {v: k for k, v in _public_constants().items() if isinstance(v, str) and "." in v and k != "METRICS_SCHEMA"}
+    assert {"poison.json", "run.json", "metrics.json", "train.tsv", "classnames.txt", "result.json"} <= set(names)
+    found = []
+    for p in sorted(SRC.rglob("*.py")):
+        rel = p.relative_to(SRC).as_posix()
+        if rel == "contracts.py" or rel in _NOT_YET_SWITCHED:
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.append(f"{rel}:{node.lineno} {node.value!r} (use contracts.{names[node.value]})")
+    assert not found
+
+
+def test_every_constant_of_the_contracts_is_used():
+    text = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py"))
+    unused = [k for k in _public_constants() if len(re.findall(rf"\b{k}\b", text)) < 2]   # more than its definition
+    assert not unused
+
+
+def test_the_manifest_row_has_one_field_per_contract_column():
+    from poisonclip.attacks.manifest import ManifestRow
+
+    assert tuple(f.name for f in dataclasses.fields(ManifestRow)) == C.MANIFEST_COLUMNS
+    assert (C.MANIFEST_INT_COLUMNS | C.MANIFEST_FLOAT_COLUMNS | C.MANIFEST_OPTIONAL_COLUMNS) <= set(C.MANIFEST_COLUMNS)

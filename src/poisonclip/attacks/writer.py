@@ -32,14 +32,13 @@ from poisonclip.attacks.evasion import add_noise
 from poisonclip.attacks.manifest import ManifestRow, write_manifest
 from poisonclip.attacks.plan import Plan, PoisonItem, rng_for, shard_bunching
 from poisonclip.attacks.registry import TRIGGERS
-from poisonclip.attacks.sources import shard_sizes
 from poisonclip.contracts import (MANIFEST_FILE, POISON_IMAGES_DIR, POISON_INFO_FILE, TARGETS_DIR, TRAIN_TABLE,
                                   PoisonInfo, write_poison_info)
 from poisonclip.data import dataset_kind
 from poisonclip.data.csv_io import (OPEN_CLIP_CAPTION_KEY, OPEN_CLIP_IMG_KEY, check_row, clean_text, csv_columns,
                                     csv_key, iter_rows, safe_key)
 from poisonclip.data.sample import CorruptSample, Sample, SkipReport, check_image_file, decode_image, encode_image
-from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes
+from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes, shard_sizes
 from poisonclip.errors import UserError
 from poisonclip.io_utils import (OutputKind, atomic_dir, atomic_write_bytes, atomic_write_json, check_out,
                                  input_paths, sha256_bytes)

@@ -172,23 +172,25 @@ def read_csv(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
         checked = check_row(row, i, fmt, root, report)
         if checked is None:
             continue
-        caption, img_path = checked
         try:
-            data = read_image_file(img_path)
+            s = row_sample(row, i, fmt, *checked)
+            if verify:
+                decode_image(s.image)
         except CorruptSample as e:
             report.skip(e.reason)
             continue
-        if verify:
-            try:
-                decode_image(data)
-            except CorruptSample as e:
-                report.skip(e.reason)
-                continue
-        ext = img_path.suffix.lower().lstrip(".")
-        ext = ext if ext in IMAGE_EXTS else "jpg"
-        meta = {k: clean_text(v) for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
-        meta["source_path"] = str(img_path)
-        yield Sample(key=csv_key(row, i), image=data, caption=caption, meta=meta, ext=ext)
+        yield s
+
+
+def row_sample(row: Mapping[str, str | None], index: int, fmt: CsvFormat, caption: str, image: Path) -> Sample:
+    """The sample of a row ``check_row`` passed (its ``caption`` and ``image`` path): the image
+    file's bytes (``CorruptSample`` if unreadable; not decoded), the other columns as meta."""
+    data = read_image_file(image)
+    ext = image.suffix.lower().lstrip(".")
+    meta = {k: clean_text(v) for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
+    meta["source_path"] = str(image)
+    return Sample(key=csv_key(row, index), image=data, caption=clean_text(caption), meta=meta,
+                  ext=ext if ext in IMAGE_EXTS else "jpg")
 
 
 def safe_key(key: str) -> str:

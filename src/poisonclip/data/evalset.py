@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from poisonclip.contracts import CLASSNAMES_FILE, TEST_TABLE
+from poisonclip.data.classnames import read_classnames
 from poisonclip.data.csv_io import CsvFormat, read_csv, write_csv
 from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image, read_image_file
 from poisonclip.errors import UserError
@@ -26,18 +27,6 @@ class LabelledSet:
     @property
     def labels(self) -> list[int]:
         return [int(s.meta["label"]) for s in self.samples]
-
-
-def read_classnames(path: str | os.PathLike) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: class-name file not found; give one class name per line")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not names:
-        raise UserError(f"{path}: class-name file is empty")
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: class names repeat; each class needs one distinct name")
-    return names
 
 
 def read_image_folder(root: str | os.PathLike, classnames: Sequence[str] | None = None,
