@@ -97,6 +97,7 @@ def _child(mode: str, data: str, out: str, caption_file: str) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     from poisonclip.attacks.api import BackdoorConfig, poison
     from poisonclip.attacks.captions import save_caption_set, search_captions
+    from poisonclip.contracts import read_poison_info
 
     base = peak_rss_mb()
     t0 = time.perf_counter()
@@ -108,7 +109,7 @@ def _child(mode: str, data: str, out: str, caption_file: str) -> None:
         r = poison(BackdoorConfig(data=data, out=out, target_label="star", n_poisons=N_POISONS, seed=0,
                                   caption_file=caption_file if mode == "inject" else None))
         extra = {"num_samples": r.num_samples,
-                 "source_shards_read": json.loads(r.poison_json.read_text())["backdoor"]["source_shards_read"]}
+                 "source_shards_read": read_poison_info(r.out).backdoor.source_shards_read}
     wall = time.perf_counter() - t0
     peak = peak_rss_mb()
     print(json.dumps({"wall_s": wall, "peak_rss_mb": peak, "import_rss_mb": base, **extra}))

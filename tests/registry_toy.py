@@ -26,7 +26,8 @@ from poisonclip.data.evalset import read_classnames
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.columns import rate_columns
 from poisonclip.evaluate.embed import embed_images
-from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, PoisonFolder, class_index
+from poisonclip.contracts import PoisonInfo
+from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index
 from poisonclip.evaluate.zeroshot import zeroshot_scores
 
 NAME = "solid-square"
@@ -84,8 +85,8 @@ def plan_solid_square(cfg: SolidSquareConfig) -> Plan:
                 config={"attack": NAME, **jsonable(cfg), "data": data})
 
 
-def _prepare(poison: PoisonFolder, eval_set: Any, path: Path) -> tuple[int, int]:
-    section = poison.info[SECTION]
+def _prepare(poison: PoisonInfo, eval_set: Any, path: Path) -> tuple[int, int]:
+    section = poison.sections[SECTION]   # poison.json keeps a registered attack's own section as written
     return class_index(section["target_label"], eval_set.classnames, str(poison.path)), int(section["patch_size"])
 
 

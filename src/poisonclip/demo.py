@@ -115,24 +115,27 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
     e.g. the CLI's rich progress bar; None trains silently.
     """
     from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, poison
-    from poisonclip.data.corpus import INFO_FILE, PROBE_CSV, write_corpus
-    from poisonclip.evaluate.api import METRICS_FILE, EvalConfig, evaluate
+    from poisonclip.contracts import (CORPUS_INFO_FILE, METRICS_FILE, POISON_INFO_FILE, RUN_INFO_FILE, CorpusPaths,
+                                      read_metrics, read_run_info)
+    from poisonclip.data.corpus import write_corpus
+    from poisonclip.evaluate.api import EvalConfig, evaluate
     from poisonclip.train.models import input_size
-    from poisonclip.train.run import RUN_FILE, TrainConfig, train
+    from poisonclip.train.run import TrainConfig, train
 
     t0 = time.perf_counter()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
 
     corpus_dir = out / f"corpus-{_hash(dataclasses.asdict(cfg.corpus))}"
-    if (corpus_dir / INFO_FILE).exists():
+    if (corpus_dir / CORPUS_INFO_FILE).exists():
         say(f"corpus: reusing {corpus_dir.name}")
     else:
         say(f"corpus: generating {cfg.corpus.n_train} training + {cfg.corpus.n_test} test "
             f"+ {cfg.corpus.n_probe} probe-training images")
         write_corpus(cfg.corpus, corpus_dir, formats=("csv",), overwrite=True)
-    train_csv, test_csv = corpus_dir / "train.tsv", corpus_dir / "test.tsv"
-    probe_csv = corpus_dir / PROBE_CSV if (corpus_dir / PROBE_CSV).is_file() else None
+    paths = CorpusPaths.from_folder(corpus_dir)
+    train_csv, test_csv = Path(paths.train), Path(paths.test)
+    probe_csv = Path(paths.probe) if paths.probe else None
 
     # Poisons are written at the model's input size, so training sees the patch pixel for pixel.
     backdoor_cfg = dict(target_label=cfg.backdoor_label, n_poisons=cfg.backdoor_poisons,
@@ -145,12 +148,12 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
         """This seed's own poisoned datasets (keyed by corpus, settings and seed: resumable)."""
         backdoor_dir = out / "data" / f"backdoor-seed{seed}-{_hash([corpus_dir.name, backdoor_cfg, seed])}"
         targeted_dir = out / "data" / f"targeted-seed{seed}-{_hash([corpus_dir.name, targeted_cfg, seed])}"
-        if not (backdoor_dir / "poison.json").exists():
+        if not (backdoor_dir / POISON_INFO_FILE).exists():
             say(f"poison: backdoor, seed {seed}, {cfg.backdoor_poisons} poisons "
                 f"({100 * cfg.poison_ratio_backdoor:.2f}%), label {cfg.backdoor_label!r}")
             poison(BackdoorConfig(data=str(train_csv), out=str(backdoor_dir), seed=seed, overwrite=True,
                                   **backdoor_cfg))
-        if not (targeted_dir / "poison.json").exists():
+        if not (targeted_dir / POISON_INFO_FILE).exists():
             say(f"poison: targeted, seed {seed}, {cfg.targets} test images x {cfg.copies_per_target} copies "
                 f"({100 * cfg.poison_ratio_targeted:.2f}%), {cfg.caption_source} captions")
             poison(TargetedConfig(data=str(train_csv), out=str(targeted_dir), target_source=str(test_csv),
@@ -171,7 +174,7 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
             key = _hash([str(data), dataclasses.asdict(tcfg)])
             run_dir = out / "runs" / f"{kind}-seed{seed}-{key}"
             tcfg = dataclasses.replace(tcfg, out=str(run_dir), resume=True)
-            if (run_dir / RUN_FILE).exists():
+            if (run_dir / RUN_INFO_FILE).exists():
                 say(f"train: {kind} seed {seed}: reusing {run_dir.name}")
             else:
                 say(f"train: {kind} model, seed {seed}")
@@ -180,7 +183,7 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
                 else:
                     with train_events() as handler:
                         train(tcfg, on_event=handler)
-            run_info = json.loads((run_dir / RUN_FILE).read_text())
+            run_info = read_run_info(run_dir)
             metrics = {}
             for name, pdir in evals[kind].items():
                 edir = run_dir / f"eval-{name}"
@@ -188,8 +191,8 @@ def run_demo(cfg: DemoConfig, say: Say = print, train_events: Callable[[], Any] 
                     say(f"eval: {kind} model, seed {seed}, against the {name} attack")
                     evaluate(EvalConfig(data=test_csv, out=edir, run=run_dir, poison=pdir, probe_train=probe_csv,
                                         templates=cfg.eval_templates, seed=seed, overwrite=True))
-                metrics[name] = json.loads((edir / METRICS_FILE).read_text())
-            models.append(ModelResult(kind, seed, run_dir, metrics, float(run_info.get("wall_time_s", 0.0))))
+                metrics[name] = read_metrics(edir).to_json()
+            models.append(ModelResult(kind, seed, run_dir, metrics, float(run_info.wall_time_s or 0.0)))
 
     summary = summarise(cfg, models)
     summary["wall_s"] = time.perf_counter() - t0

@@ -11,7 +11,7 @@ import pytest
 from poisonclip.attacks.captions import (LabelMatcher, build_caption_set, label_pattern,
                                          load_caption_set, plural_forms, save_caption_set, search_captions,
                                          size_captions, template_captions)
-from poisonclip.attacks.sources import iter_caption_batches
+from poisonclip.data.caption_stream import iter_caption_batches
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.data.sample import SkipReport
 from poisonclip.errors import UserError

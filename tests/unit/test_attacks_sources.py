@@ -1,4 +1,4 @@
-"""Dataset access for attacks: the fast tar scan agrees with the canonical reader, lookups, draws."""
+"""Dataset access attacks use (data/: tar scan, caption stream, lookups, shard sizes) and the source draw."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import tarfile
 import numpy as np
 import pytest
 
-from poisonclip.attacks.sources import (draw_sources, find_sample, iter_caption_batches, scan_groups,
-                                        shard_sizes)
+from poisonclip.attacks.sources import draw_sources
+from poisonclip.data.caption_stream import iter_caption_batches
+from poisonclip.data.lookup import find_sample
 from poisonclip.data.sample import SkipReport
-from poisonclip.data.wds_io import read_shards
+from poisonclip.data.tar_io import scan_groups
+from poisonclip.data.wds_io import read_shards, shard_sizes
 from tests.attack_fixtures import make_tiny
 
 

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, TargetSpec, poison, read_poison_info
+from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, TargetSpec, poison
 from poisonclip.attacks.manifest import COLUMNS, read_manifest
+from poisonclip.contracts import read_poison_info
 from poisonclip.attacks.plan import rng_for
 from poisonclip.data.wds_io import expand_shards, write_shards
 from poisonclip.errors import UserError
@@ -43,20 +44,24 @@ def _targeted(tiny, out, fmt="csv", **kw):
 def test_poison_json_follows_the_contract(tiny, tmp_path, fmt):
     r = _backdoor(tiny, tmp_path / "o", fmt)
     info = read_poison_info(r.out)
-    assert info["attack"] == "backdoor" and info["dataset_type"] == fmt
-    assert (info["csv_sep"], info["csv_img_key"], info["csv_caption_key"]) == ("\t", "filepath", "title")
-    assert info["n_clean"] == 50 and info["n_poisons"] == 9 and info["num_samples"] == 59
-    assert info["seed"] == 0 and info["manifest"] == "manifest.csv" and info["skipped"] == {}
-    assert info["backdoor"].items() >= {"target_label": "star", "patch_size": 16, "placement": "random"}.items()
-    assert info["config"]["n_poisons"] == 9 and info["config"]["data"] == os.path.abspath(
+    assert info.attack == "backdoor" and info.dataset_type == fmt
+    assert (info.csv_sep, info.csv_img_key, info.csv_caption_key) == ("\t", "filepath", "title")
+    assert info.n_clean == 50 and info.n_poisons == 9 and info.num_samples == 59
+    assert info.seed == 0 and info.manifest == "manifest.csv" and info.skipped == {}
+    assert (info.backdoor.target_label, info.backdoor.patch_size, info.backdoor.placement) == ("star", 16, "random")
+    assert info.config["n_poisons"] == 9 and info.config["data"] == os.path.abspath(
         tiny.csv if fmt == "csv" else tiny.shards)
-    assert os.path.isabs(info["train_data"].split("::")[0])
+    assert os.path.isabs(info.train_data.split("::")[0])
+    # the file holds exactly the record (nothing a reader would drop), with its schema version
+    assert json.loads(r.poison_json.read_text()) == info.to_json() and info.to_json()["schema_version"] == 1
     t = _targeted(tiny, tmp_path / "t", fmt)
     info = read_poison_info(t.out)
-    assert info["attack"] == "targeted"
-    assert info["targets"][0].items() >= {"id": "t000", "label": "moon", "image": "targets/t000.png",
-                                          "n_poisons": 6, "caption_source": "templates"}.items()
-    assert (t.out / info["targets"][0]["image"]).is_file()
+    assert info.attack == "targeted" and info.backdoor is None
+    target = info.targets[0]
+    assert (target.id, target.label, target.image, target.n_poisons, target.caption_source) == (
+        "t000", "moon", "targets/t000.png", 6, "templates")
+    assert info.target_image(target) == t.out / "targets" / "t000.png" and info.target_image(target).is_file()
+    assert json.loads(t.poison_json.read_text()) == info.to_json()
 
 
 @pytest.mark.parametrize("fmt", ["csv", "webdataset"])
@@ -99,7 +104,7 @@ def test_webdataset_output_leaves_clean_shards_alone_and_sizes_cover_all(tiny, t
     r = _backdoor(tiny, tmp_path / "o", "webdataset")
     assert tree_digest(tiny.shards) == before
     info = read_poison_info(r.out)
-    first, clean = info["train_data"].split("::", 1)
+    first, clean = info.train_data.split("::", 1)
     assert first == f"{r.out}/poison-{{00000..00002}}.tar"  # poison folder first, one poison shard per clean shard
     assert clean == f"{tiny.shards}/{{00000..00002}}.tar"
     sizes = json.loads((r.out / "sizes.json").read_text())
@@ -108,15 +113,15 @@ def test_webdataset_output_leaves_clean_shards_alone_and_sizes_cover_all(tiny, t
     # what open_clip_train will compute, and what webdataset will read
     from open_clip_train.data import get_dataset_size
 
-    assert get_dataset_size(info["train_data"]) == (59, 6)
-    keys = [s["__key__"] for s in wds.WebDataset(info["train_data"], shardshuffle=False)]
+    assert get_dataset_size(info.train_data) == (59, 6)
+    keys = [s["__key__"] for s in wds.WebDataset(info.train_data, shardshuffle=False)]
     assert len(keys) == 59 and sum(k.startswith("backdoor-") for k in keys) == 9
 
 
 def test_poison_shard_count_is_configurable(tiny, tmp_path):
     r = _backdoor(tiny, tmp_path / "o", "webdataset", poison_shards=1)
     assert sorted(p.name for p in r.out.glob("*.tar")) == ["poison-00000.tar"]
-    assert read_poison_info(r.out)["train_data"].startswith(f"{r.out}/poison-00000.tar::")
+    assert read_poison_info(r.out).train_data.startswith(f"{r.out}/poison-00000.tar::")
 
 
 def test_counts_clean_shards_without_sizes_json(tmp_path):
@@ -173,7 +178,7 @@ def test_csv_rows_without_image_are_skipped_and_counted(tmp_path):
     r = _backdoor(tiny, tmp_path / "o", "csv", n=2)
     assert r.skipped == {"missing_image": 1}  # the row left out of train.tsv
     assert r.skipped_reading == {"missing_image": 1}  # met while drawing backdoor sources
-    assert r.n_clean == 11 and read_poison_info(r.out)["num_samples"] == 13
+    assert r.n_clean == 11 and read_poison_info(r.out).num_samples == 13
 
 
 @pytest.mark.parametrize("fmt", ["csv", "webdataset"])

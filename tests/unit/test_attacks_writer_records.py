@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, TargetSpec, poison, read_poison_info
+from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, TargetSpec, poison
 from poisonclip.attacks.manifest import read_manifest
+from poisonclip.contracts import read_poison_info
 from tests.attack_fixtures import make_tiny
 
 
@@ -93,11 +94,11 @@ def test_webdataset_poison_shards_split_unevenly_and_never_empty(tiny, tmp_path,
     assert Counter(row.location for row in rows) == dict(zip(names, want))
     assert all(row.key in held[row.location] for row in rows)
     info = read_poison_info(r.out)
-    assert info["train_data"].startswith(f"{r.out}/poison-{{00000..{len(want) - 1:05d}}}.tar::"
+    assert info.train_data.startswith(f"{r.out}/poison-{{00000..{len(want) - 1:05d}}}.tar::"
                                          if len(want) > 1 else f"{r.out}/poison-00000.tar::")
     # what open_clip_train and webdataset will read: every sample once
     from open_clip_train.data import get_dataset_size
 
-    assert get_dataset_size(info["train_data"]) == (30 + n, 3 + len(want))
-    keys = [s["__key__"] for s in wds.WebDataset(info["train_data"], shardshuffle=False)]
+    assert get_dataset_size(info.train_data) == (30 + n, 3 + len(want))
+    keys = [s["__key__"] for s in wds.WebDataset(info.train_data, shardshuffle=False)]
     assert len(keys) == len(set(keys)) == 30 + n and sum(k.startswith("backdoor-") for k in keys) == n

@@ -199,7 +199,7 @@ def test_table_rows_naming_devices_or_folders_are_skipped(tmp_path):
 
 @pytest.mark.parametrize("value", ['"ten"', "-3", "1.5", "true", "null"])
 def test_bad_sizes_json_is_a_user_error_naming_file_and_key(tmp_path, value):
-    from poisonclip.attacks.sources import shard_sizes
+    from poisonclip.data.wds_io import shard_sizes
 
     tiny = make_tiny(tmp_path / "d", n=20, shard_size=10)
     sizes = tiny.shards / "sizes.json"

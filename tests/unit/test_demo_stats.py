@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from poisonclip import contracts as C
 from poisonclip.data.synthetic import SynthConfig
 from poisonclip.demo import DemoConfig, ModelResult, format_cell, run_demo, summarise
 from poisonclip.evaluate.stats import Rate
@@ -23,21 +24,20 @@ def test_each_seed_poisons_anew_and_evaluates_with_its_seed_on_the_probe_split(t
     import poisonclip.train.run as run
 
     def fake_train(cfg, on_event=None):
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / run.RUN_FILE).write_text(json.dumps({"seed": cfg.seed, "wall_time_s": 1.0}))
+        C.write_run_info(cfg.out, C.RunInfo(model=cfg.model, checkpoint=None, seed=cfg.seed, wall_time_s=1.0))
 
     evals = []
 
     def fake_evaluate(cfg):
         evals.append(cfg)
-        info = json.loads((Path(cfg.poison) / "poison.json").read_text())
-        m = {"clean": {"zeroshot": {"top1": _rate(50, 60)}}}
-        if info["attack"] == "targeted":
-            m["targeted"] = {"targets": [{"id": t["id"], "label": t["label"], "source_sha256": t["source_sha256"]}
-                                         for t in info["targets"]],
-                             "summary": {"zeroshot": {"success": _rate(1, len(info["targets"])), "mean_rank": 1.5}}}
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / api.METRICS_FILE).write_text(json.dumps(m))
+        info = C.read_poison_info(cfg.poison)
+        targeted = None
+        if info.attack == "targeted":
+            targeted = {"targets": [{"id": t.id, "label": t.label, "source_sha256": t.source_sha256}
+                                    for t in info.targets],
+                        "summary": {"zeroshot": {"success": _rate(1, len(info.targets)), "mean_rank": 1.5}}}
+        C.write_metrics(cfg.out, C.Metrics(model=C.ModelIdentity("m", "c.pt"),
+                                           clean={"zeroshot": {"top1": _rate(50, 60)}}, targeted=targeted))
 
     monkeypatch.setattr(run, "train", fake_train)
     monkeypatch.setattr(api, "evaluate", fake_evaluate)

@@ -243,7 +243,8 @@ def test_train_overwrite_replaces_a_previous_run(tmp_path):
 
 
 def test_eval_overwrite_replaces_only_poisonclips_metrics(tmp_path):
-    from poisonclip.evaluate.api import SCHEMA, _check_metrics_out
+    from poisonclip.contracts import METRICS_SCHEMA as SCHEMA
+    from poisonclip.evaluate.api import _check_metrics_out
 
     (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))    # another tool's
     with pytest.raises(UserError, match="already exists"):

@@ -32,7 +32,9 @@ CASE_BOUND_S = 10
 
 def _run_readers(path: str) -> dict:
     """Every reader over one shard: their samples / captions and skip counts, or the error."""
-    from poisonclip.attacks.sources import iter_caption_batches, scan_groups, shard_sizes
+    from poisonclip.data.caption_stream import iter_caption_batches
+    from poisonclip.data.tar_io import scan_groups
+    from poisonclip.data.wds_io import shard_sizes
     from poisonclip.data.wds_io import count_samples, iter_captions
 
     out: dict = {}
@@ -246,7 +248,7 @@ def test_compressed_shards_are_refused_before_decompressing(tmp_path):
     raw = big.getvalue()
     import pyarrow.compute  # noqa: F401  (imports are not what is measured)
 
-    from poisonclip.attacks.sources import iter_caption_batches
+    from poisonclip.data.caption_stream import iter_caption_batches
     for name, blob in (("bomb.tar", gzip.compress(raw, 9)), ("x.tar", lzma.compress(raw[:1 << 20]))):
         p = tmp_path / name
         p.write_bytes(blob)

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from poisonclip.contracts import TRIAL_RESULT_FILE, read_trial_result
 from poisonclip.errors import UserError
 from poisonclip.experiments.runner import LocalRunner, PoolRunner, ensure_artefact, run_sweep
 from poisonclip.experiments.spec import parse_spec
@@ -33,8 +34,9 @@ def test_each_artefact_is_built_once_and_every_trial_recorded(tmp_path):
     assert {"poison.n_poisons", "seed", "poisoned.z_as_trained", "clean.top1_zeroshot",
             "model.n_params", "clean_model.n_params", "data.n_poisons"} <= set(df.columns)
     row = df[df["trial"] == "n_poisons=20__seed=1"].iloc[0]
-    record = json.loads((res.sweep.trial("n_poisons=20__seed=1") / "metrics.json").read_text())
-    assert row["poisoned.z_as_trained"] == pytest.approx(record["metrics"]["poisoned"]["z_as_trained"])
+    record = read_trial_result(res.sweep.trial("n_poisons=20__seed=1"))
+    assert record.name == "n_poisons=20__seed=1" and record.params == {"poison.n_poisons": 20, "seed": 1}
+    assert row["poisoned.z_as_trained"] == pytest.approx(record.metrics["poisoned"]["z_as_trained"])
     assert row["model.n_params"] == 1_000_000
 
 
@@ -112,7 +114,23 @@ def test_pool_runner_gives_the_same_results_without_building_anything_twice(tmp_
     assert a.equals(b)
 
 
-def test_store_sync_restores_a_row_lost_after_metrics_json(tmp_path):
+def test_a_sweep_folder_from_before_result_json_resumes_without_rerunning(tmp_path):
+    """Finished trials of older sweeps kept their record in trials/<name>/metrics.json."""
+    res = run_sweep(spec(grid={"seed": [0, 1]}), tmp_path / "s", LocalRunner(FakeStages()))
+    for t in res.trials:
+        folder = res.sweep.trial(t.name)
+        old = json.loads((folder / TRIAL_RESULT_FILE).read_text())
+        del old["schema_version"]
+        (folder / "metrics.json").write_text(json.dumps(old))
+        (folder / TRIAL_RESULT_FILE).unlink()
+    n = len(calls(tmp_path / "s"))
+    again = run_sweep(spec(grid={"seed": [0, 1]}), tmp_path / "s", LocalRunner(FakeStages()))
+    assert again.already_done == 2 and again.outcomes == [] and len(calls(tmp_path / "s")) == n
+    ResultsStore(again.sweep.db).sync(again.sweep, again.trials)
+    assert sorted(ResultsStore(again.sweep.db).frame()["trial"]) == ["seed=0", "seed=1"]
+
+
+def test_store_sync_restores_a_row_lost_after_the_result_file(tmp_path):
     res = run_sweep(spec(grid={"seed": [0, 1]}), tmp_path / "s", LocalRunner(FakeStages()))
     store = ResultsStore(res.sweep.db)
     store._write("DELETE FROM trials WHERE name = ?", [("seed=1",)])

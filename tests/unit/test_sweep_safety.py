@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from poisonclip.cli import app
+from poisonclip.contracts import TRIAL_RESULT_FILE
 from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.runner import LocalRunner, run_sweep
@@ -61,7 +62,7 @@ def test_force_moves_the_other_specs_table_aside_and_says_so(tmp_path):
     assert sorted(r["name"] for r in old) == ["n_poisons=20", "n_poisons=5"]      # nothing deleted
     assert sorted(r["name"] for r in ResultsStore(out / "results.sqlite").rows()) == [
         "patch_size=12", "patch_size=4", "patch_size=8"]
-    assert (out / "trials" / "n_poisons=5" / "metrics.json").is_file()           # trial folders stay
+    assert (out / "trials" / "n_poisons=5" / TRIAL_RESULT_FILE).is_file()        # trial folders stay
 
 
 def test_cli_refuses_two_specs_in_one_folder_with_one_line(tmp_path):

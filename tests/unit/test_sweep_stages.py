@@ -7,7 +7,8 @@ import pytest
 from poisonclip.errors import UserError
 from poisonclip.experiments.spec import load_spec
 from poisonclip.evaluate.columns import flat_metrics
-from poisonclip.experiments.stages import PoisonclipStages, corpus_paths
+from poisonclip.contracts import CorpusPaths
+from poisonclip.experiments.stages import PoisonclipStages
 from poisonclip.experiments.trials import expand
 
 S = PoisonclipStages()
@@ -50,7 +51,7 @@ def test_existing_corpus_by_path_or_files(tmp_path):
                              "classnames": str(tmp_path / "classnames.txt")}
     out = tmp_path / "entry"
     S.corpus(r, out)
-    assert corpus_paths(out).test == str(tmp_path / "test.tsv")
+    assert CorpusPaths.from_folder(out).test == str(tmp_path / "test.tsv")
     with pytest.raises(UserError, match="not found"):
         S.resolve("corpus", {"train": str(tmp_path / "nope.tsv"), "test": str(tmp_path / "test.tsv")})
 
@@ -122,7 +123,7 @@ def test_corpus_stage_writes_a_probe_split_and_evaluate_trains_the_probe_on_it(s
                                                                                 monkeypatch):
     import poisonclip.evaluate.api as api
 
-    paths = corpus_paths(synth_entry)
+    paths = CorpusPaths.from_folder(synth_entry)
     assert paths.probe == str(synth_entry / "probe.tsv") and paths.probe != paths.test
     seen = []
     monkeypatch.setattr(api, "evaluate", lambda cfg: seen.append(cfg) or {})
@@ -141,10 +142,10 @@ def test_targeted_sweep_draws_its_targets_from_the_held_out_test_split(synth_ent
     cfg = S.resolve("poison", {"attack": "targeted", "random_targets": 3, "n_poisons": 2, "seed": 4})
     S.poison(cfg, synth_entry, tmp_path / "p")
     info = json.loads((tmp_path / "p" / "poison.json").read_text())
-    assert info["config"]["target_source"] == corpus_paths(synth_entry).test
+    assert info["config"]["target_source"] == CorpusPaths.from_folder(synth_entry).test
     assert len(info["targets"]) == 3 and all(t["source_key"].startswith("synth-test-") for t in info["targets"])
     bad = S.resolve("poison", {"attack": "targeted", "random_targets": 1, "n_poisons": 2,
-                               "target_source": corpus_paths(synth_entry).train})
+                               "target_source": CorpusPaths.from_folder(synth_entry).train})
     with pytest.raises(UserError, match="held-out"):
         S.poison(bad, synth_entry, tmp_path / "q")
 

@@ -117,7 +117,8 @@ def test_probe_split_is_labelled_balanced_and_apart_from_test_and_train():
 
 def test_adding_the_probe_split_leaves_train_and_test_unchanged(tmp_path):
     """Train and test files are byte-identical with and without a probe split (own streams)."""
-    from poisonclip.data.corpus import PROBE_CSV, write_corpus
+    from poisonclip.contracts import PROBE_TABLE
+    from poisonclip.data.corpus import write_corpus
     from poisonclip.io_utils import sha256_file
 
     def digests(root):
@@ -127,8 +128,8 @@ def test_adding_the_probe_split_leaves_train_and_test_unchanged(tmp_path):
     a = write_corpus(SynthConfig(n_train=40, n_test=20, n_probe=0), tmp_path / "a").root
     b = write_corpus(SynthConfig(n_train=40, n_test=20, n_probe=20), tmp_path / "b").root
     assert digests(a) == digests(b) and len(digests(a)) > 40
-    assert not (a / PROBE_CSV).exists() and (b / PROBE_CSV).is_file()
+    assert not (a / PROBE_TABLE).exists() and (b / PROBE_TABLE).is_file()
     from poisonclip.data.evalset import read_labelled_csv
 
-    probe = read_labelled_csv(b / PROBE_CSV)
+    probe = read_labelled_csv(b / PROBE_TABLE)
     assert len(probe.samples) == 20 and probe.classnames == list(CLASSNAMES)

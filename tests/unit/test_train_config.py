@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from poisonclip.contracts import BackdoorRecord, PoisonInfo, write_poison_info
 from poisonclip.data.csv_io import write_csv
 from poisonclip.data.wds_io import write_shards
 from poisonclip.errors import UserError
@@ -178,10 +179,10 @@ def test_shards_count_from_sizes_json_or_by_reading(tmp_path):
 def test_poisoned_folder_reads_poison_json(table, tmp_path):
     folder = tmp_path / "poisoned"
     folder.mkdir()
-    (folder / "poison.json").write_text(json.dumps({
-        "attack": "backdoor", "dataset_type": "csv", "train_data": str(table), "csv_sep": "\t",
-        "csv_img_key": "filepath", "csv_caption_key": "title", "num_samples": 40, "n_clean": 39,
-        "n_poisons": 1, "seed": 0}))
+    write_poison_info(folder, PoisonInfo(
+        attack="backdoor", dataset_type="csv", train_data=str(table), csv_sep="\t", csv_img_key="filepath",
+        csv_caption_key="title", num_samples=40, n_clean=39, n_poisons=1, seed=0,
+        backdoor=BackdoorRecord("star", 16, "corner")))
     d = dataset.resolve(folder)
     assert d.origin == "poisoned" and d.train_data == str(table) and d.source == str(folder)
     assert d.poison_json == str(folder / "poison.json") and len(d.poison_json_sha256) == 64

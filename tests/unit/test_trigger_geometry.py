@@ -18,7 +18,8 @@ from poisonclip.attacks.api import BackdoorConfig, poison
 from poisonclip.attacks.manifest import read_manifest
 from poisonclip.data.csv_io import write_csv
 from poisonclip.data.sample import Sample
-from poisonclip.evaluate.backdoor import BackdoorSpec, trigger_fn
+from poisonclip.contracts import BackdoorRecord
+from poisonclip.evaluate.backdoor import trigger_fn
 from poisonclip.evaluate.embed import LoadedModel, embed_images, input_size, split_preprocess
 
 skdata = pytest.importorskip("skimage.data")
@@ -63,7 +64,7 @@ def test_the_model_receives_the_exact_checkerboard_on_photos_of_any_shape(resolu
     lm = _loaded(resolution)
     photos = _photos()
     positions: list[tuple[int, int, int]] = []
-    spec = BackdoorSpec("cat", patch, placement)
+    spec = BackdoorRecord("cat", patch, placement)
     trigger = trigger_fn(spec, placement, np.random.default_rng(0), positions)
     embed_images(lm, photos.values(), batch_size=3, trigger=trigger)
     inputs = np.concatenate([t.numpy() for t in lm.model.inputs])

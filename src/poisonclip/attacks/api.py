@@ -12,10 +12,7 @@ the clean data into the folder.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 from poisonclip.attacks.backdoor import BackdoorConfig
@@ -23,12 +20,12 @@ from poisonclip.attacks.captions import CaptionSet, build_caption_set, check_cap
 from poisonclip.attacks.plan import Plan, rng_for
 from poisonclip.attacks.registry import ATTACKS
 from poisonclip.attacks.targeted import TargetedConfig, TargetSpec
-from poisonclip.attacks.writer import POISON_JSON, PoisonResult, _check_out, write_poisoned
+from poisonclip.attacks.writer import PoisonResult, _check_out, write_poisoned
 from poisonclip.data.csv_io import CsvFormat
-from poisonclip.errors import SettingError, UserError
+from poisonclip.errors import SettingError
 
 __all__ = ["AttackConfig", "BackdoorConfig", "CaptionSetConfig", "PoisonResult", "TargetSpec",
-           "TargetedConfig", "caption_set", "plan", "poison", "read_poison_info"]
+           "TargetedConfig", "caption_set", "plan", "poison"]
 
 AttackConfig = Union[BackdoorConfig, TargetedConfig]
 
@@ -71,20 +68,3 @@ def caption_set(cfg: CaptionSetConfig) -> tuple[CaptionSet, list[str] | None]:
     cs.require_nonempty()
     sized = size_captions(cs.captions, cfg.n, rng_for(cfg.seed, "captions")) if cfg.n is not None else None
     return cs, sized
-
-
-def read_poison_info(folder: str | os.PathLike) -> dict:
-    """``poison.json`` of a poisoned dataset folder, checked for the contract's keys."""
-    path = Path(folder)
-    path = path / POISON_JSON if path.is_dir() else path
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror}); pass a folder written by `poisonclip poison`") from None
-    except ValueError:
-        raise UserError(f"{path}: not valid JSON") from None
-    need = ("attack", "dataset_type", "train_data", "num_samples", "n_clean", "n_poisons", "seed", "manifest")
-    missing = [k for k in need if k not in info]
-    if missing:
-        raise UserError(f"{path}: not a poisonclip poison.json (missing {missing})")
-    return info

@@ -17,8 +17,9 @@ from poisonclip.attacks.evasion import perturb_captions
 from poisonclip.attacks.plan import (Plan, PoisonItem, absolute_spec, check_common, jsonable, poison_key,
                                      rng_for)
 from poisonclip.attacks.registry import TRIGGERS, register_attack
-from poisonclip.attacks.sources import draw_sources, resolve_classnames
+from poisonclip.attacks.sources import draw_sources
 from poisonclip.data import dataset_kind
+from poisonclip.data.classnames import resolve_classnames
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.data.sample import SkipReport
 from poisonclip.errors import SettingError, UserError

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from poisonclip.attacks.registry import CAPTION_SETS, register_caption_set
+from poisonclip.data.caption_stream import iter_caption_batches
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.data.sample import SkipReport
 from poisonclip.errors import SettingError, UserError
@@ -181,8 +182,6 @@ def search_captions(dataset: str | os.PathLike, labels: Sequence[str], plurals: 
 def _search(dataset: str | os.PathLike, labels: Sequence[str], plurals: bool, fmt: CsvFormat,
             report: SkipReport) -> dict[str, CaptionSet]:
     import pyarrow.compute as pc
-
-    from poisonclip.attacks.sources import iter_caption_batches
 
     matchers = {lab: LabelMatcher(lab, plurals) for lab in dict.fromkeys(labels)}
     found: dict[str, dict[str, None]] = {lab: {} for lab in matchers}

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from poisonclip.contracts import (MANIFEST_COLUMNS, MANIFEST_FILE, MANIFEST_FLOAT_COLUMNS, MANIFEST_INT_COLUMNS,
+                                  MANIFEST_OPTIONAL_COLUMNS)
 from poisonclip.data.csv_io import write_table
 from poisonclip.errors import UserError
-
-MANIFEST_FILE = "manifest.csv"
 
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One row; the fields are ``contracts.MANIFEST_COLUMNS``, in that order."""
+
     key: str
     attack: str                 # "backdoor" | "targeted"
     target_id: str              # targeted: the target's id; backdoor: ""
@@ -44,9 +46,7 @@ class ManifestRow:
     resolution: int | None = None  # triggered poisons: the square side the image was written at
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ManifestRow))
-_INT_COLUMNS = {"trigger_size", "trigger_x", "trigger_y", "patch_size", "seed", "resolution"}
-_OPTIONAL_COLUMNS = {"resolution"}  # absent from manifests written before the geometry fix
+COLUMNS: tuple[str, ...] = MANIFEST_COLUMNS
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
@@ -64,7 +64,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         raise UserError(f"{path}: cannot read manifest ({e.strerror})") from None
     with f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in _OPTIONAL_COLUMNS]
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in MANIFEST_OPTIONAL_COLUMNS]
         if missing:
             raise UserError(f"{path}: not a poison manifest (missing columns {missing})")
         out = []
@@ -72,9 +72,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
             vals: dict = {}
             for c in COLUMNS:
                 v = row.get(c) or ""
-                if c in _INT_COLUMNS:
+                if c in MANIFEST_INT_COLUMNS:
                     vals[c] = int(v) if v != "" else None
-                elif c == "noise_sigma":
+                elif c in MANIFEST_FLOAT_COLUMNS:
                     vals[c] = float(v)
                 else:
                     vals[c] = v

@@ -23,14 +23,15 @@ from poisonclip.attacks.evasion import perturb_captions
 from poisonclip.attacks.plan import (Plan, PoisonItem, TargetImage, absolute_spec, check_common, jsonable,
                                      poison_key, rng_for)
 from poisonclip.attacks.registry import register_attack
-from poisonclip.attacks.sources import draw_sources, find_classnames, find_sample, resolve_classnames
+from poisonclip.attacks.sources import draw_sources
+from poisonclip.contracts import TARGETS_DIR
 from poisonclip.data import dataset_kind
+from poisonclip.data.classnames import find_classnames, resolve_classnames
 from poisonclip.data.csv_io import CsvFormat, safe_key
+from poisonclip.data.lookup import find_sample
 from poisonclip.data.sample import CorruptSample, SkipReport, decode_image, encode_image
 from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import same_path, sha256_bytes
-
-TARGETS_DIR = "targets"
 
 
 @dataclass(frozen=True)

@@ -29,26 +29,22 @@ import numpy as np
 
 from poisonclip.attacks import triggers
 from poisonclip.attacks.evasion import add_noise
-from poisonclip.attacks.manifest import MANIFEST_FILE, ManifestRow, write_manifest
+from poisonclip.attacks.manifest import ManifestRow, write_manifest
 from poisonclip.attacks.plan import Plan, PoisonItem, rng_for, shard_bunching
 from poisonclip.attacks.registry import stamp_trigger
-from poisonclip.attacks.sources import shard_sizes
+from poisonclip.contracts import (MANIFEST_FILE, POISON_IMAGES_DIR, POISON_INFO_FILE, TARGETS_DIR, TRAIN_TABLE,
+                                  PoisonInfo, write_poison_info)
 from poisonclip.data import dataset_kind
 from poisonclip.data.csv_io import (OPEN_CLIP_CAPTION_KEY, OPEN_CLIP_IMG_KEY, check_row, clean_text, csv_columns,
                                     csv_key, iter_rows, safe_key)
 from poisonclip.data.sample import CorruptSample, Sample, SkipReport, check_image_file, decode_image, encode_image
-from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes
+from poisonclip.data.wds_io import SIZES_FILE, expand_shards, shard_bytes, shard_sizes
 from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import (OutputKind, atomic_dir, atomic_write_bytes, atomic_write_json, check_out,
                                  input_paths, sha256_bytes)
 
-POISON_JSON = "poison.json"
-POISON_IMAGES = "poison_images"
-TRAIN_TABLE = "train.tsv"
-TARGETS_DIR = "targets"
-FORMAT_VERSION = 1
 # What `--overwrite` may replace: a folder holding a valid poison.json (written last).
-POISONED_KIND = OutputKind("poisoned dataset", ((POISON_JSON, ("attack", "dataset_type", "train_data")),))
+POISONED_KIND = OutputKind("poisoned dataset", ((POISON_INFO_FILE, ("attack", "dataset_type", "train_data")),))
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ class PoisonResult:
 
     @property
     def poison_json(self) -> Path:
-        return self.out / POISON_JSON
+        return self.out / POISON_INFO_FILE
 
 
 # --------------------------------------------------------------------------- rendering
@@ -223,10 +219,10 @@ def _write_csv(plan: Plan, rendered: list[tuple[Sample, ManifestRow]], tmp: Path
     # would, while the clean table is streamed instead of held in memory.
     pos = np.sort(rng_for(plan.seed, "csv-positions").integers(0, n_rows + 1, size=len(rendered)))
 
-    (tmp / POISON_IMAGES).mkdir()
+    (tmp / POISON_IMAGES_DIR).mkdir()
     poison_rows, rows = [], []
     for sample, r in rendered:
-        rel = f"{POISON_IMAGES}/{safe_key(sample.key)}.png"
+        rel = f"{POISON_IMAGES_DIR}/{safe_key(sample.key)}.png"
         (tmp / rel).write_bytes(sample.image)
         poison_rows.append([str(out / rel), sample.caption, sample.key, *([""] * len(extra))])
         rows.append(_with_location(r, rel))
@@ -282,7 +278,6 @@ def write_poisoned(plan: Plan, out: str | os.PathLike, overwrite: bool = False) 
         write_manifest(tmp / MANIFEST_FILE, rows)
         n_p = len(rendered)
         info = {
-            "format_version": FORMAT_VERSION,
             "attack": plan.attack,
             "dataset_type": kind,
             "train_data": train_data,
@@ -306,7 +301,13 @@ def write_poisoned(plan: Plan, out: str | os.PathLike, overwrite: bool = False) 
         warnings = tuple(plan.section.get("warnings", ())) + (tuple(layout.warnings) if layout is not None else ())
         if warnings:
             info["warnings"] = list(warnings)
-        atomic_write_json(tmp / POISON_JSON, info)
+        # Through the record: what is written is what every reader of poison.json accepts, and a
+        # planner's field the contract does not know is a bug found here, not a field lost.
+        record = PoisonInfo.from_json(info)
+        if record.to_json() != {**info, "schema_version": record.schema_version}:
+            raise RuntimeError(f"{plan.attack}: poison.json fields differ from contracts.PoisonInfo's; "
+                               "add them to the contract")
+        write_poison_info(tmp, record)
     return PoisonResult(out=out, attack=plan.attack, dataset_type=kind, train_data=train_data,
                         num_samples=n_clean + n_p, n_clean=n_clean, n_poisons=n_p, skipped=dict(report),
                         skipped_reading=dict(reading), warnings=warnings)

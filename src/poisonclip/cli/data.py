@@ -80,6 +80,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Convert between CSV/TSV and WebDataset shards, keeping keys, captions and image bytes."""
+    from poisonclip.contracts import TRAIN_TABLE
     from poisonclip.data import CsvFormat, SkipReport, read_dataset, write_csv, write_shards
     from poisonclip.io_utils import atomic_dir, atomic_write_json, input_paths
 
@@ -96,7 +97,7 @@ def convert(
 
     with atomic_dir(out, overwrite=overwrite, kind=CONVERTED_KIND, inputs=input_paths(source)) as tmp:
         if to is Format.csv:
-            write_csv(counted(), tmp, name="train.tsv", report=writing)
+            write_csv(counted(), tmp, name=TRAIN_TABLE, report=writing)
         else:
             write_shards(counted(), tmp, shard_size=shard_size, report=writing)
         report.update(writing)  # repeated / empty keys the writer left out

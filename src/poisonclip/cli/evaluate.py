@@ -74,6 +74,7 @@ def eval_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing metrics.json in --out.")] = False,
 ) -> None:
     """Evaluate one checkpoint: clean accuracy, backdoor ASR and z-score, targeted success."""
+    from poisonclip.contracts import METRICS_FILE
     from poisonclip.evaluate.api import EvalConfig, evaluate
     from poisonclip.evaluate.probe import DEFAULT_CS
 
@@ -88,7 +89,7 @@ def eval_command(
     with console.status("evaluating") as status:
         m = evaluate(cfg, progress=lambda msg: status.update(msg))
     console.print(_metrics_table(m))
-    console.print(f"wrote [bold]{out / 'metrics.json'}[/]")
+    console.print(f"wrote [bold]{out / METRICS_FILE}[/]")
 
 
 def compare_command(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from poisonclip.contracts import TRAIN_TABLE
 from poisonclip.data.sample import (IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image,
                                     read_image_file)
 from poisonclip.errors import UserError
@@ -171,23 +172,25 @@ def read_csv(path: str | os.PathLike, fmt: CsvFormat = CsvFormat(),
         checked = check_row(row, i, fmt, root, report)
         if checked is None:
             continue
-        caption, img_path = checked
         try:
-            data = read_image_file(img_path)
+            s = row_sample(row, i, fmt, *checked)
+            if verify:
+                decode_image(s.image)
         except CorruptSample as e:
             report.skip(e.reason)
             continue
-        if verify:
-            try:
-                decode_image(data)
-            except CorruptSample as e:
-                report.skip(e.reason)
-                continue
-        ext = img_path.suffix.lower().lstrip(".")
-        ext = ext if ext in IMAGE_EXTS else "jpg"
-        meta = {k: clean_text(v) for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
-        meta["source_path"] = str(img_path)
-        yield Sample(key=csv_key(row, i), image=data, caption=caption, meta=meta, ext=ext)
+        yield s
+
+
+def row_sample(row: Mapping[str, str | None], index: int, fmt: CsvFormat, caption: str, image: Path) -> Sample:
+    """The sample of a row ``check_row`` passed (its ``caption`` and ``image`` path): the image
+    file's bytes (``CorruptSample`` if unreadable; not decoded), the other columns as meta."""
+    data = read_image_file(image)
+    ext = image.suffix.lower().lstrip(".")
+    meta = {k: clean_text(v) for k, v in row.items() if k not in (fmt.img_key, fmt.caption_key, "key")}
+    meta["source_path"] = str(image)
+    return Sample(key=csv_key(row, index), image=data, caption=clean_text(caption), meta=meta,
+                  ext=ext if ext in IMAGE_EXTS else "jpg")
 
 
 def safe_key(key: str) -> str:
@@ -244,7 +247,7 @@ def write_table(path: str | os.PathLike, rows: Iterable[dict[str, object]],
     return atomic_write_text(path, buf.getvalue())
 
 
-def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str = "train.tsv",
+def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str = TRAIN_TABLE,
               image_dir: str = "images", extra_columns: Sequence[str] = (),
               sep: str = "\t", report: SkipReport | None = None) -> Path:
     """Write images under ``out_dir/image_dir`` and a table ``out_dir/name`` that open_clip reads.

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from poisonclip.contracts import CLASSNAMES_FILE, TEST_TABLE
+from poisonclip.data.classnames import read_classnames
 from poisonclip.data.csv_io import CsvFormat, read_csv, write_csv
 from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image, read_image_file
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_write_text
-
-CLASSNAMES_FILE = "classnames.txt"
 
 
 @dataclass(frozen=True)
@@ -27,18 +27,6 @@ class LabelledSet:
     @property
     def labels(self) -> list[int]:
         return [int(s.meta["label"]) for s in self.samples]
-
-
-def read_classnames(path: str | os.PathLike) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: class-name file not found; give one class name per line")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not names:
-        raise UserError(f"{path}: class-name file is empty")
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: class names repeat; each class needs one distinct name")
-    return names
 
 
 def read_image_folder(root: str | os.PathLike, classnames: Sequence[str] | None = None,
@@ -88,7 +76,7 @@ def read_labelled_csv(path: str | os.PathLike, classnames: Sequence[str] | None 
     if classnames is None:
         cn = path.parent / CLASSNAMES_FILE
         if not cn.exists():
-            raise UserError(f"{path}: no class list; put {CLASSNAMES_FILE} beside it or pass --classnames")
+            raise UserError(f"{path}: no class list; put {CLASSNAMES_FILE} beside it or give one (setting `classnames`)")
         classnames = read_classnames(cn)
     classnames = list(classnames)
     index = {n: i for i, n in enumerate(classnames)}
@@ -119,7 +107,7 @@ def load_labelled(path: str | os.PathLike, classnames_file: str | os.PathLike | 
 
 
 def write_labelled_csv(samples: Iterable[Sample], classnames: Sequence[str],
-                       out_dir: str | os.PathLike, name: str = "test.tsv",
+                       out_dir: str | os.PathLike, name: str = TEST_TABLE,
                        image_dir: str = "test_images") -> Path:
     """Images + a table with a ``label`` column + ``classnames.txt`` (written first)."""
     out_dir = Path(out_dir)

@@ -237,6 +237,16 @@ def iter_groups(path: str | os.PathLike, report: SkipReport,
         yield from done()
 
 
+def scan_groups(path: str | os.PathLike, report: SkipReport, exts: frozenset[str] | None = None,
+                only_key: str | None = None) -> Iterator[Group]:
+    """``iter_groups`` reading data only for ``exts`` (None: all) and, when ``only_key`` is
+    given, only for that sample: a header scan where the caller needs few bytes."""
+    def want(key: str, ext: str) -> bool:
+        return (exts is None or ext in exts) and (only_key is None or key == only_key)
+
+    return iter_groups(path, report, want)
+
+
 # --------------------------------------------------------------------------- captions, fast
 
 # name (0:100), size (124:136), type flag (156), magic+version (257:265) of a ustar header

@@ -15,13 +15,13 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import braceexpand
 
 from poisonclip.data.csv_io import KeyNames
 from poisonclip.data.sample import IMAGE_EXTS, CorruptSample, Sample, SkipReport, decode_image
-from poisonclip.data.tar_io import iter_groups, shard_captions
+from poisonclip.data.tar_io import iter_groups, scan_groups, shard_captions
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_write_bytes, atomic_write_json
 
@@ -144,6 +144,23 @@ def read_sizes(folder: str | os.PathLike) -> dict[str, int]:
             raise UserError(f"{p}: {name!r} has {n!r}; sample counts must be whole numbers >= 0 "
                             "(fix or delete the file and the shards are counted)")
     return table
+
+
+def shard_sizes(shards: Sequence[Path], report: SkipReport | None = None) -> list[int]:
+    """Samples per shard from each folder's ``sizes.json``; shards it lacks are counted by a
+    header scan (no data read)."""
+    report = report if report is not None else SkipReport()
+    tables: dict[Path, dict[str, int]] = {}
+    out = []
+    for shard in shards:
+        folder = shard.parent
+        if folder not in tables:
+            tables[folder] = read_sizes(folder)
+        n = tables[folder].get(shard.name)
+        if n is None:
+            n = sum(1 for _ in scan_groups(shard, report, exts=frozenset()))
+        out.append(n)
+    return out
 
 
 def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:

@@ -22,20 +22,17 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from poisonclip.contracts import (METRICS_FILE, METRICS_SCHEMA, SIMILARITIES_FILE, Metrics, read_poison_info,
+                                  read_run_info, write_metrics, write_similarities)
 from poisonclip.data.evalset import LabelledSet, load_labelled
 from poisonclip.data.sample import SkipReport
 from poisonclip.errors import SettingError, UserError
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.embed import embed_images, load_model, resolve_run
-from poisonclip.evaluate.hooks import EvalContext, HeldOut, PoisonFolder, attack_evaluation
+from poisonclip.evaluate.hooks import EvalContext, HeldOut, attack_evaluation
 from poisonclip.evaluate.probe import DEFAULT_CS, ProbeConfig, fit_probe, stratified_split
-from poisonclip.evaluate.similarities import SIMILARITIES_FILE, write_similarities
 from poisonclip.evaluate.zeroshot import classifier_weights, load_templates, zeroshot_scores
-from poisonclip.io_utils import atomic_write_json, same_path, sha256_bytes, sha256_file
-
-METRICS_FILE = "metrics.json"
-POISON_FILE = "poison.json"
-SCHEMA = "poisonclip.metrics/1"
+from poisonclip.io_utils import same_path, sha256_bytes, sha256_file
 
 # Random streams of the evaluation seed, one per purpose, so adding one never shifts another
 # (the backdoor's trigger positions draw from streams 1 and 3: evaluate.backdoor).
@@ -71,25 +68,6 @@ class EvalConfig:
         d.pop("overwrite")  # how to write, not what was measured
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in d.items()}
-
-
-def read_poison(folder: str | os.PathLike) -> PoisonFolder:
-    """A poisoned dataset folder's poison.json, the hand-off contract with the attack stage."""
-    folder = Path(folder)
-    path = folder / POISON_FILE if folder.is_dir() else folder
-    if not path.is_file():
-        raise SettingError("poison", f"{path} not found; give a folder written by `poisonclip poison`")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except ValueError:
-        raise UserError(f"{path}: not valid JSON") from None
-    need = ("attack", "dataset_type", "train_data", "num_samples", "n_clean", "n_poisons", "seed", "manifest")
-    missing = [k for k in need if not isinstance(info, dict) or k not in info]
-    if missing:
-        raise UserError(f"{path}: not a poisonclip poison.json (missing {missing})")
-    return PoisonFolder(path.resolve(), sha256_file(path), str(info["attack"]), info)
 
 
 def _identity(ls: LabelledSet, path: Path, report: SkipReport,
@@ -153,12 +131,14 @@ def _check_metrics_out(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"{f}: already exists; choose another out folder or set overwrite")
+    # only the kind is checked (the schema tag every version of the file carries): a
+    # metrics.json of ours that no longer reads is still ours to replace
     try:
         old = json.loads(f.read_text(encoding="utf-8")) if f.is_file() and not f.is_symlink() else None
     except (OSError, ValueError):
         old = None
-    if not isinstance(old, dict) or old.get("schema") != SCHEMA:
-        raise UserError(f"{f}: not a metrics file written by `poisonclip eval` (schema {SCHEMA}); "
+    if not isinstance(old, dict) or old.get("schema") != METRICS_SCHEMA:
+        raise UserError(f"{f}: not a metrics file written by `poisonclip eval` (schema {METRICS_SCHEMA}); "
                         "overwrite replaces only those, so it is left untouched: choose another out folder")
 
 
@@ -189,7 +169,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         raise UserError(f"{data_path}: eval set not found; give a labelled table (e.g. test.tsv) or an image folder")
     ls = load_labelled(data_path, cfg.classnames, report)
     classnames = list(ls.classnames)
-    poison = read_poison(cfg.poison) if cfg.poison is not None else None
+    poison = read_poison_info(cfg.poison) if cfg.poison is not None else None
     attack, prepared, held = None, None, None
     if poison is not None:
         # the poisoned set's attack, as registered: checked against the eval set before any
@@ -221,7 +201,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     say(f"loading {model_name} from {ckpt}")
     lm = load_model(model_name, ckpt, cfg.device)
     result: dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": METRICS_SCHEMA,
         "config": cfg.to_dict(),
         "model": {"name": lm.name, "checkpoint": str(lm.checkpoint), "checkpoint_sha256": lm.checkpoint_sha256,
                   "run": str(Path(cfg.run).resolve()) if cfg.run else None,
@@ -290,18 +270,20 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                           probe=probe, probe_idx=probe_idx, seed=cfg.seed, batch_size=cfg.batch_size,
                           chunk=cfg.chunk, arrays=arrays, say=say)
         result.update(attack.measure(ctx, prepared))
-        result["poison"] = {"path": str(poison.path), "sha256": poison.sha256, "attack": poison.attack}
+        result["poison"] = {"path": str(Path(str(poison.path)).resolve()), "sha256": poison.sha256,
+                            "attack": poison.attack}
 
     _check_metrics_out(out, cfg.overwrite)   # again: one may have appeared meanwhile
     out.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics.from_json(result)
     write_similarities(out, arrays)
     try:
-        atomic_write_json(out / METRICS_FILE, result, replace=cfg.overwrite)
+        write_metrics(out, metrics, replace=cfg.overwrite)
     except FileExistsError:
         raise UserError(f"{out / METRICS_FILE}: appeared while this evaluation ran; left it untouched "
                         "(choose another out folder)") from None
     say(f"wrote {out / METRICS_FILE}")
-    return result
+    return metrics.to_json()
 
 
 def _train_seed(run: Path | None) -> int | None:
@@ -309,10 +291,9 @@ def _train_seed(run: Path | None) -> int | None:
     if run is None:
         return None
     try:
-        seed = json.loads((Path(run) / "run.json").read_text(encoding="utf-8")).get("seed")
-    except (OSError, ValueError, AttributeError):
+        return read_run_info(run).seed
+    except UserError:
         return None
-    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def _versions() -> dict[str, str]:

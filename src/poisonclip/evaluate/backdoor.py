@@ -18,13 +18,14 @@ import numpy as np
 from PIL import Image
 
 from poisonclip.attacks.registry import TRIGGERS, placements, stamp_trigger, trigger_side
+from poisonclip.contracts import BackdoorRecord, PoisonInfo
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.columns import rate_columns
 from poisonclip.evaluate.compare import rate_summary, rates
 from poisonclip.evaluate.embed import embed_images, input_size
-from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, PoisonFolder, class_index
+from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index, malformed
 from poisonclip.evaluate.stats import mean_std
 from poisonclip.evaluate.zeroshot import zeroshot_scores
 
@@ -36,40 +37,24 @@ TESTS = ("train_placement", "random", "corner")
 
 
 @dataclass(frozen=True)
-class BackdoorSpec:
-    """The trigger the poisons carry, as poison.json records it."""
-
-    target_label: str
-    patch_size: int          # side in pixels at 224x224, scaled to each image
-    placement: str           # "corner" | "random": where the poisons had it
-    trigger: str = "checkerboard"   # registered trigger name, as in training
-    resolution: int | None = None   # square side the poisons were written at (None: older files)
-
-
-@dataclass(frozen=True)
 class _Prepared:
-    spec: BackdoorSpec
+    spec: BackdoorRecord
     target: int
 
 
-def read_spec(poison: PoisonFolder) -> BackdoorSpec:
-    """The ``backdoor`` section of poison.json."""
-    try:
-        b = poison.info["backdoor"]
-        spec = BackdoorSpec(str(b["target_label"]), int(b["patch_size"]), str(b["placement"]),
-                            str(b.get("trigger") or "checkerboard"),
-                            int(b["resolution"]) if b.get("resolution") is not None else None)
-        if spec.patch_size <= 0:
-            raise ValueError("patch_size must be positive")
-        if spec.placement not in placements():
-            raise ValueError(f"placement {spec.placement!r} is not one of {', '.join(placements())}")
-    except (KeyError, TypeError, ValueError) as e:
-        raise poison.malformed(e) from None
+def read_spec(poison: PoisonInfo) -> BackdoorRecord:
+    """The trigger the poisons carry (poison.json "backdoor"), checked for what evaluation needs."""
+    spec = poison.backdoor
+    if spec is None:
+        raise malformed(poison, "missing field 'backdoor'")
+    if spec.placement not in placements():
+        raise malformed(poison, f"field 'backdoor.placement' must be one of {', '.join(placements())}, "
+                                f"not {spec.placement!r}")
     TRIGGERS.get(spec.trigger)
     return spec
 
 
-def prepare(poison: PoisonFolder, eval_set: LabelledSet, path: Path) -> _Prepared:
+def prepare(poison: PoisonInfo, eval_set: LabelledSet, path: Path) -> _Prepared:
     spec = read_spec(poison)
     target = class_index(spec.target_label, eval_set.classnames, str(poison.path))
     if not any(y != target for y in eval_set.labels):
@@ -77,7 +62,7 @@ def prepare(poison: PoisonFolder, eval_set: LabelledSet, path: Path) -> _Prepare
     return _Prepared(spec, target)
 
 
-def trigger_fn(spec: BackdoorSpec, placement: str, rng: np.random.Generator,
+def trigger_fn(spec: BackdoorRecord, placement: str, rng: np.random.Generator,
                positions: list[tuple[int, int, int]]) -> Callable[[Image.Image, int], Image.Image]:
     """The training poisons' trigger at ``placement`` on the model-input image: the patch side
     scaled from 224 to the input size, positions in input pixels (random ones drawn afresh

@@ -7,13 +7,12 @@ summarises its own metrics) and tests the clean-accuracy difference.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from poisonclip.errors import UserError
-from poisonclip.evaluate.api import METRICS_FILE, SCHEMA
+from poisonclip.contracts import METRICS_FILE, read_metrics
 from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
 
 
@@ -30,16 +29,7 @@ def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
             files.append(p)
         else:
             raise UserError(f"{p}: not found; give metrics.json files or folders holding them")
-    out = []
-    for f in files:
-        try:
-            m = json.loads(f.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{f}: not valid JSON ({e})") from None
-        if not isinstance(m, dict) or m.get("schema") != SCHEMA:
-            raise UserError(f"{f}: not a poisonclip metrics file (schema {SCHEMA})")
-        out.append({**m, "_path": str(f)})
-    return out
+    return [{**read_metrics(f).to_json(), "_path": str(f)} for f in files]
 
 
 def rates(ms: Sequence[Mapping[str, Any]], *keys: str) -> list[Rate]:

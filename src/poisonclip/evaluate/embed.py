@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -23,10 +22,9 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from poisonclip.contracts import RUN_INFO_FILE, read_run_info
 from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import sha256_file
-
-RUN_FILE = "run.json"
 
 # open_clip_train saves these beside the weights; their shapes do not describe the model
 # (logit_scale may be stored as a scalar or a 1-vector; open_clip reshapes it on load).
@@ -46,20 +44,14 @@ class LoadedModel:
 
 def resolve_run(run_dir: str | os.PathLike) -> tuple[str, Path]:
     """(model name, checkpoint path) from a run folder's run.json."""
-    run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise SettingError("run", f"{path} not found; give a folder written by `poisonclip train`")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    missing = [k for k in ("model", "checkpoint") if not isinstance(info.get(k), str) or not info.get(k)]
+    info = read_run_info(Path(run_dir) / RUN_INFO_FILE)
+    ckpt = info.checkpoint_path()
+    missing = [k for k, v in (("model", info.model), ("checkpoint", ckpt)) if not v]
     if missing:
-        raise UserError(f"{path}: no {' or '.join(missing)} recorded (did training finish?); "
-                        "pass --model and --checkpoint instead")
-    ckpt = Path(info["checkpoint"])
-    return info["model"], ckpt if ckpt.is_absolute() else run_dir / ckpt
+        raise UserError(f"{info.path}: no {' or '.join(missing)} recorded (did training finish?); "
+                        "give the model name and checkpoint instead")
+    assert ckpt is not None
+    return info.model, ckpt
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:

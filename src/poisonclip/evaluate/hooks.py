@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from poisonclip.contracts import PoisonInfo
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
 
@@ -74,28 +75,16 @@ class EvalContext:
         return np.random.default_rng([self.seed, stream])
 
 
-@dataclass(frozen=True)
-class PoisonFolder:
-    """A poisoned dataset folder as the evaluator meets it: its poison.json, path and hash."""
-
-    path: Path                          # poison.json, absolute
-    sha256: str
-    attack: str
-    info: Any                           # the folder's poison.json record
-
-    @property
-    def folder(self) -> Path:
-        return self.path.parent
-
-    def malformed(self, e: Exception) -> UserError:
-        return UserError(f"{self.path}: malformed ({type(e).__name__}: {e}); rewrite it with `poisonclip poison`")
+def malformed(poison: PoisonInfo, problem: str) -> UserError:
+    """A poison.json whose attack section cannot be evaluated (one line, what to run again)."""
+    return UserError(f"{poison.path}: malformed: {problem}; re-run `poisonclip poison`")
 
 
 def _none(*_args: Any) -> None:
     return None
 
 
-def _the_poison(poison: PoisonFolder, *_args: Any) -> PoisonFolder:
+def _the_poison(poison: PoisonInfo, *_args: Any) -> PoisonInfo:
     return poison
 
 
@@ -111,10 +100,11 @@ def _no_summary(_ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 class AttackEvaluation:
     """How the evaluator measures one attack; what an attack's registry entry points to.
 
-    * ``prepare(poison, eval_set, path)``: read the attack's part of poison.json and check it
-      against the eval set (its class list, its labels; ``path`` names it in errors) before any
-      model is loaded; returns what the other hooks need (default: the ``PoisonFolder``; a
-      UserError for a file or set that cannot be evaluated).
+    * ``prepare(poison, eval_set, path)``: take the attack's part of poison.json (a
+      ``contracts.PoisonInfo``: ``backdoor``, ``targets``, or a registered attack's own section
+      in ``sections``) and check it against the eval set (its class list, its labels; ``path``
+      names it in errors) before any model is loaded; returns what the other hooks need
+      (default: the ``PoisonInfo``; a UserError for a file or set that cannot be evaluated).
     * ``held_out(prepared)``: the attack's own images among labelled sets (``HeldOut``), or None.
     * ``measure(ctx, prepared)``: the attack's metrics, as top-level sections of metrics.json
       (``{"backdoor": {...}}``).
@@ -124,19 +114,18 @@ class AttackEvaluation:
 
     measure: Callable[[EvalContext, Any], Mapping[str, Any]]
     columns: Callable[[Mapping[str, Any]], Mapping[str, Any]] = _no_columns
-    prepare: Callable[[PoisonFolder, LabelledSet, Path], Any] = _the_poison
+    prepare: Callable[[PoisonInfo, LabelledSet, Path], Any] = _the_poison
     held_out: Callable[[Any], HeldOut | None] = _none
     summarise: Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]] = _no_summary
 
 
-def attack_evaluation(poison: PoisonFolder) -> AttackEvaluation:
+def attack_evaluation(poison: PoisonInfo) -> AttackEvaluation:
     """The registered evaluation of the attack that wrote ``poison``."""
     from poisonclip.attacks.registry import ATTACKS
 
     known = ATTACKS.names()
     if poison.attack not in known:
-        raise poison.malformed(ValueError(f"attack {poison.attack!r} is not a registered attack "
-                                          f"(known: {', '.join(known)})"))
+        raise malformed(poison, f"attack {poison.attack!r} is not a registered attack (known: {', '.join(known)})")
     return ATTACKS.get(poison.attack).evaluator()
 
 

@@ -3,7 +3,9 @@
 Each target is scored by both heads (zero-shot and, if trained, the linear probe) with its
 rank; the success rate counts (target, model) pairs. The targets are the attack's own images:
 wherever they sit in a labelled set (``target_source``: the test split, a probe set) they are
-left out of clean accuracy and of the probe's training split (``held_out``).
+left out of clean accuracy and of the probe's training split (``held_out``). A target as
+poison.json records it is a ``contracts.TargetRecord``; ``attacks.targeted.TargetSpec`` is the
+target as asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from poisonclip.contracts import PoisonInfo, TargetRecord
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.data.sample import CorruptSample, decode_image
 from poisonclip.errors import UserError
@@ -21,72 +24,49 @@ from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.columns import rate_columns
 from poisonclip.evaluate.compare import rate_summary, rates
 from poisonclip.evaluate.embed import embed_images
-from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, HeldOut, PoisonFolder, class_index
+from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, HeldOut, class_index, malformed
 from poisonclip.evaluate.stats import Rate
 from poisonclip.evaluate.zeroshot import zeroshot_scores
 from poisonclip.io_utils import sha256_file
 
 
 @dataclass(frozen=True)
-class RecordedTarget:
-    """One target as poison.json records it (the attack's ``TargetSpec`` is the request)."""
-
-    id: str
-    label: str
-    image: Path                # the saved target image, targets/<id>.png beside poison.json
-    source_sha256: str = ""    # sha256 of the target's original image bytes
-    source_key: str = ""       # its key in the set it was drawn from (``target_source``)
-
-
-@dataclass(frozen=True)
 class _Prepared:
-    targets: tuple[RecordedTarget, ...]
+    targets: tuple[tuple[TargetRecord, Path], ...]   # each target and its saved image
     target_source: str | None          # the labelled set the targets were taken from (absolute)
 
 
-def read_targets(poison: PoisonFolder) -> _Prepared:
-    """The ``targets`` section of poison.json, and the set they were drawn from."""
-    info = poison.info
-    try:
-        targets = tuple(RecordedTarget(str(t["id"]), str(t["label"]), poison.folder / t["image"],
-                                       str(t.get("source_sha256") or ""), str(t.get("source_key") or ""))
-                        for t in info["targets"])
-        if not targets:
-            raise ValueError("no targets")
-    except (KeyError, TypeError, ValueError) as e:
-        raise poison.malformed(e) from None
-    source = (info.get("config") or {}).get("target_source")
-    return _Prepared(targets, str(source) if source else None)
-
-
-def prepare(poison: PoisonFolder, eval_set: LabelledSet, path: Path) -> _Prepared:
-    prepared = read_targets(poison)
-    for t in prepared.targets:
+def prepare(poison: PoisonInfo, eval_set: LabelledSet, path: Path) -> _Prepared:
+    """The targets (poison.json "targets", each with its saved image) and the set they were
+    drawn from; every target label must be an eval class."""
+    if not poison.targets:
+        raise malformed(poison, "field 'targets' is missing or empty")
+    for t in poison.targets:
         class_index(t.label, eval_set.classnames, str(poison.path))
-    return prepared
+    return _Prepared(tuple((t, poison.target_image(t)) for t in poison.targets), poison.target_source)
 
 
 def held_out(prepared: _Prepared) -> HeldOut:
     """Targets are found by the sha256 of their original bytes or of the saved PNG, and by key
     in the set they were drawn from."""
-    hashes = {t.source_sha256 for t in prepared.targets if t.source_sha256}
-    for t in prepared.targets:
-        if t.image.is_file():
-            hashes.add(sha256_file(t.image))
-    keys = frozenset(t.source_key for t in prepared.targets if t.source_key)
+    hashes = {t.source_sha256 for t, _ in prepared.targets if t.source_sha256}
+    for _, image in prepared.targets:
+        if image.is_file():
+            hashes.add(sha256_file(image))
+    keys = frozenset(t.source_key for t, _ in prepared.targets if t.source_key)
     return HeldOut(frozenset(hashes), keys, prepared.target_source)
 
 
 def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
-    targets, classnames = prepared.targets, list(ctx.classnames)
+    targets, classnames = [t for t, _ in prepared.targets], list(ctx.classnames)
     images = []
-    for t in targets:
+    for t, image in prepared.targets:
         try:
-            images.append(decode_image(t.image.read_bytes()))
+            images.append(decode_image(image.read_bytes()))
         except OSError:
-            raise UserError(f"{t.image}: target image of {t.id!r} not found beside poison.json") from None
+            raise UserError(f"{image}: target image of {t.id!r} not found beside poison.json") from None
         except CorruptSample as e:
-            raise UserError(f"{t.image}: target image of {t.id!r} cannot be decoded ({e})") from None
+            raise UserError(f"{image}: target image of {t.id!r} cannot be decoded ({e})") from None
     ctx.say(f"embedding {len(images)} target images")
     emb = embed_images(ctx.model, images, ctx.batch_size)
     ys = np.asarray([classnames.index(t.label) for t in targets], dtype=np.int64)

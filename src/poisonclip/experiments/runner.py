@@ -1,7 +1,7 @@
 """Run a sweep's trials: one trial function, three ways to schedule it.
 
 ``run_trial`` is the whole of a trial (shared artefacts built under a lock, then evaluation,
-then one atomic ``metrics.json``). The runners only decide where it runs:
+then one atomic ``result.json``). The runners only decide where it runs:
 
 * ``LocalRunner``: in this process, one trial after another (progress per stage);
 * ``PoolRunner``: a ``concurrent.futures`` process pool sized to the machine, each worker with
@@ -9,7 +9,7 @@ then one atomic ``metrics.json``). The runners only decide where it runs:
 * ``poisonclip.experiments.cluster.SubmititRunner``: one cluster job per trial through
   submitit (Slurm, or its local executor).
 
-Resume is a property of ``run_trial``, not of the runners: a trial whose ``metrics.json``
+Resume is a property of ``run_trial``, not of the runners: a trial whose ``result.json``
 matches its config is skipped, a trial another process is running is left alone (its lock is
 held), and a shared artefact without its ``.done`` marker is rebuilt from scratch.
 """
@@ -32,14 +32,14 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import yaml
 
+from poisonclip.contracts import TrialResult, remove_trial_result, write_trial_result
 from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
 from poisonclip.experiments.stages import Stages, load_stages
 from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, LOCK_FILE,
-                                          METRICS_FILE, SPEC_FILE, START_FILE, SWEEP_LOCK_FILE,
-                                          TRIALS_DIR, TRIALS_FILE, ResultsStore, State, SweepDir,
-                                          read_json, trial_state)
+                                          SPEC_FILE, START_FILE, SWEEP_LOCK_FILE, TRIALS_DIR, TRIALS_FILE,
+                                          ResultsStore, State, SweepDir, read_json, read_result, trial_state)
 from poisonclip.experiments.trials import Trial, expand
 from poisonclip.io_utils import atomic_write_json, atomic_write_text
 
@@ -123,14 +123,14 @@ def run_trial(sweep_root: str | os.PathLike, trial: Trial, stages: Stages,
     with hold(folder / LOCK_FILE, blocking=False) as held:
         if not held:
             return Outcome(trial.name, "busy")
-        record = read_json(folder / METRICS_FILE)
-        if record is not None and record.get("config_hash") == trial.config_hash:
+        record = read_result(folder)
+        if record is not None and record.config_hash == trial.config_hash:
             return Outcome(trial.name, "skipped")
         store = store or ResultsStore(sweep.db)
         on_event(Event("start", trial.name))
         started = time.time()
         (folder / ERROR_FILE).unlink(missing_ok=True)
-        (folder / METRICS_FILE).unlink(missing_ok=True)
+        remove_trial_result(folder)
         atomic_write_json(folder / START_FILE, {**trial.to_dict(), "started": started,
                                                 "host": socket.gethostname(), "pid": os.getpid()})
         try:
@@ -144,12 +144,11 @@ def run_trial(sweep_root: str | os.PathLike, trial: Trial, stages: Stages,
             on_event(Event("end", trial.name, outcome=outcome))
             return outcome
         finished = time.time()
-        record = {"name": trial.name, "config_hash": trial.config_hash, "params": dict(trial.params),
-                  "metrics": metrics, "config": trial.to_dict()["config"], "started": started,
-                  "finished": finished, "wall_s": round(finished - started, 3),
-                  "host": socket.gethostname()}
-        atomic_write_json(folder / METRICS_FILE, record)   # the "done" marker: last, atomic
-        store.record_done(record)
+        result = TrialResult(name=trial.name, config_hash=trial.config_hash, params=dict(trial.params),
+                             metrics=metrics, config=trial.to_dict()["config"], started=started,
+                             finished=finished, wall_s=round(finished - started, 3), host=socket.gethostname())
+        write_trial_result(folder, result)   # the "done" marker: last, atomic
+        store.record_done(result.to_json())
         outcome = Outcome(trial.name, "done", finished - started)
         on_event(Event("end", trial.name, outcome=outcome))
         return outcome
@@ -361,8 +360,8 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
     old_owner = _owner(sweep, spec, force)
     changed = []
     for t in trials:
-        record = read_json(sweep.trial(t.name) / METRICS_FILE)
-        if record is not None and record.get("config_hash") != t.config_hash:
+        record = read_result(sweep.trial(t.name))
+        if record is not None and record.config_hash != t.config_hash:
             changed.append(t.name)
     if changed and not rerun_changed:
         raise UserError(f"{sweep.root}: {len(changed)} finished trial(s) ran with a different configuration "

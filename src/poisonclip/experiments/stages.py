@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
+from poisonclip.contracts import (CLASSNAMES_FILE, POISON_INFO_FILE, PROBE_TABLE, TEST_TABLE, TRAIN_TABLE,
+                                  CorpusPaths, write_external_corpus)
 from poisonclip.errors import SettingError, UserError
 
-EXTERNAL_CORPUS = "external.json"
 # Fields of EvalConfig the sweep fills in itself; a spec may not set them.
 _EVAL_PATHS = {"data", "out", "run", "model", "checkpoint", "poison", "classnames", "overwrite"}
 
@@ -124,14 +123,6 @@ def _attack_config(attack: Any, config: Mapping[str, Any], **fixed: Any) -> Any:
 _EXTERNAL_FIELDS = {"path", "train", "test", "classnames", "probe"}
 
 
-@dataclass(frozen=True)
-class CorpusPaths:
-    train: str                  # training data: CSV/TSV table or WebDataset shards
-    test: str                   # labelled eval set: table with a label column, or ImageFolder
-    classnames: str | None      # class list (None: classnames.txt beside the eval table)
-    probe: str | None = None    # labelled set that trains the linear probe (None: eval.probe_train or a split)
-
-
 def _resolve_external(config: dict[str, Any]) -> dict[str, Any]:
     """A corpus the user already has: ``path: DIR`` laid out like `poisonclip data synth`
     output, or ``train:`` + ``test:`` (+ ``classnames:``, ``probe:``) anywhere. Identified by absolute
@@ -144,9 +135,9 @@ def _resolve_external(config: dict[str, Any]) -> dict[str, Any]:
         if set(config) - {"path"}:
             raise UserError("sweep spec: corpus: give either path or train + test, not both")
         root = Path(config["path"]).expanduser().resolve()
-        ext = {"train": str(root / "train.tsv"), "test": str(root / "test.tsv"),
-               "classnames": str(root / "classnames.txt") if (root / "classnames.txt").is_file() else None,
-               "probe": str(root / "probe.tsv") if (root / "probe.tsv").is_file() else None}
+        ext = {"train": str(root / TRAIN_TABLE), "test": str(root / TEST_TABLE),
+               "classnames": str(root / CLASSNAMES_FILE) if (root / CLASSNAMES_FILE).is_file() else None,
+               "probe": str(root / PROBE_TABLE) if (root / PROBE_TABLE).is_file() else None}
     else:
         missing = [k for k in ("train", "test") if k not in config]
         if missing:
@@ -169,18 +160,6 @@ def _abs(value: Any) -> str:
     if "::" in text or "{" in text:   # shard lists / brace patterns are passed through
         return text
     return str(Path(text).expanduser().resolve())
-
-
-def corpus_paths(folder: Path) -> CorpusPaths:
-    """Where the corpus behind a cache entry lives: the entry itself (synthetic) or the
-    user's files it points to."""
-    ext = folder / EXTERNAL_CORPUS
-    if ext.is_file():
-        d = json.loads(ext.read_text(encoding="utf-8"))
-        return CorpusPaths(d["train"], d["test"], d.get("classnames"), d.get("probe"))
-    names, probe = folder / "classnames.txt", folder / "probe.tsv"
-    return CorpusPaths(str(folder / "train.tsv"), str(folder / "test.tsv"), str(names) if names.is_file() else None,
-                       str(probe) if probe.is_file() else None)
 
 
 class PoisonclipStages:
@@ -253,7 +232,7 @@ class PoisonclipStages:
     def corpus(self, config: Mapping[str, Any], out: Path) -> dict[str, Any]:
         if "external" in config:
             out.mkdir(parents=True)
-            (out / EXTERNAL_CORPUS).write_text(json.dumps(config["external"]), encoding="utf-8")
+            write_external_corpus(out, CorpusPaths(**config["external"]))
             return dict(config["external"])
         from poisonclip.data.corpus import write_corpus
         from poisonclip.data.synthetic import SynthConfig
@@ -267,7 +246,7 @@ class PoisonclipStages:
 
         config = dict(config)
         attack = _attack(config.pop("attack"))
-        paths = corpus_paths(corpus)
+        paths = CorpusPaths.from_folder(corpus)
         # The corpus' files an attack takes when the spec leaves them out, by setting name:
         # its class list, and (targeted) the held-out labelled set targets are drawn from --
         # never the training data, where a target already sits with its true caption; the
@@ -290,7 +269,7 @@ class PoisonclipStages:
         from poisonclip.train.run import TrainConfig, train
 
         config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
-        source = str(data) if (data / "poison.json").is_file() else corpus_paths(data).train
+        source = str(data) if (data / POISON_INFO_FILE).is_file() else CorpusPaths.from_folder(data).train
         res = train(TrainConfig(data=str(source), out=str(out), **config))
         from poisonclip.train.models import checkpoint_params
 
@@ -303,7 +282,7 @@ class PoisonclipStages:
         from poisonclip.evaluate.api import EvalConfig, evaluate
         from poisonclip.evaluate.columns import flat_metrics
 
-        paths = corpus_paths(corpus)
+        paths = CorpusPaths.from_folder(corpus)
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
         if kwargs.get("probe", True) and not kwargs.get("probe_train") and paths.probe:
             kwargs["probe_train"] = Path(paths.probe)   # the corpus' own probe split, apart from the test split

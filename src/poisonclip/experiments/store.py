@@ -11,10 +11,10 @@ Layout of a sweep folder::
     cache/corpus/<key>-<id>/     names the complete folder; other <key>-* are failed attempts
     cache/poison/...
     cache/model/...
-    trials/<name>/       trial.json (start), metrics.json (done), error.json (failed),
+    trials/<name>/       trial.json (start), result.json (done), error.json (failed),
                          eval/ and clean_eval/ (the evaluator's output), .lock (held while running)
 
-A trial's ``metrics.json`` is the source of truth for "done": it is written atomically as the
+A trial's ``result.json`` (``contracts.TrialResult``) is the source of truth for "done": it is written atomically as the
 trial's last step, so a ``kill -9`` leaves either no file (the trial reruns) or a complete one.
 
 Results store: **SQLite**, not Parquet. Trials finish one at a time in several processes (pool
@@ -23,7 +23,7 @@ and its journal makes a write interrupted by ``kill -9`` roll back instead of co
 file. Parquet files are immutable: every finished trial would rewrite the whole table or add a
 file per trial, and concurrent writers need a lock of their own. The table can always be
 rebuilt from the trial folders (``sync``), which is also how a row lost between
-``metrics.json`` and the database (a kill in between, or SQLite on an NFS mount that does not
+``result.json`` and the database (a kill in between, or SQLite on an NFS mount that does not
 lock) comes back. Exports are CSV (``sweep table --csv``).
 """
 
@@ -40,6 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from poisonclip.contracts import TrialResult, read_trial_result
 from poisonclip.errors import UserError
 from poisonclip.experiments.locks import is_held
 from poisonclip.experiments.trials import Trial
@@ -50,7 +51,6 @@ CACHE_DIR = "cache"
 DB_FILE = "results.sqlite"
 SPEC_FILE = "spec.yaml"
 TRIALS_FILE = "trials.json"
-METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
 START_FILE = "trial.json"
 LOCK_FILE = ".lock"
@@ -105,12 +105,21 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_result(folder: Path) -> TrialResult | None:
+    """A trial folder's result, or None if it has none (a damaged one counts as none: the
+    trial runs again and replaces it)."""
+    try:
+        return read_trial_result(folder)
+    except UserError:
+        return None
+
+
 def trial_state(sweep: SweepDir, trial: Trial) -> State:
     folder = sweep.trial(trial.name)
     if is_held(folder / LOCK_FILE):
         return State.running
-    record = read_json(folder / METRICS_FILE)
-    if record is not None and record.get("config_hash") == trial.config_hash:
+    record = read_result(folder)
+    if record is not None and record.config_hash == trial.config_hash:
         return State.done
     if (folder / ERROR_FILE).exists():
         return State.failed
@@ -200,9 +209,9 @@ class ResultsStore:
         rows = []
         for trial in trials:
             folder = sweep.trial(trial.name)
-            record = read_json(folder / METRICS_FILE)
-            if record is not None and record.get("config_hash") == trial.config_hash:
-                rows.append(_done_row(record))
+            record = read_result(folder)
+            if record is not None and record.config_hash == trial.config_hash:
+                rows.append(_done_row(record.to_json()))
                 continue
             error = read_json(folder / ERROR_FILE)
             if error is not None:

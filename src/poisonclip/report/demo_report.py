@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from poisonclip.contracts import read_similarities
 from poisonclip.report import figures
 from poisonclip.report.html import Image, Section, Table, Text, write_html
 
@@ -25,10 +26,8 @@ def _similarity_figure(m: "ModelResult", title: str) -> Any | None:
     metrics = m.metrics.get("backdoor")
     if not metrics or "backdoor" not in metrics:
         return None
-    arrays = Path(m.run_dir) / "eval-backdoor" / metrics["similarity"]["arrays"]
-    with np.load(arrays) as f:
-        npz = {k: f[k] for k in f.files}
-    if "triggered_train_placement_counts" not in npz:
+    npz = read_similarities(Path(m.run_dir) / "eval-backdoor" / metrics["similarity"]["arrays"])
+    if npz is None or "triggered_train_placement_counts" not in npz:
         return None
     z = metrics["backdoor"]["zscore"]["train_placement"]
     clean = _hist(npz, "clean_counts", z.get("mean_clean"), z.get("std_clean"))
@@ -38,10 +37,11 @@ def _similarity_figure(m: "ModelResult", title: str) -> Any | None:
 
 def _same_label_figure(m: "ModelResult") -> Any | None:
     name = next(iter(m.metrics))
-    arrays = Path(m.run_dir) / f"eval-{name}" / m.metrics[name]["similarity"]["arrays"]
-    with np.load(arrays) as f:
-        edges, pairs, same = f["edges"], f["same_label_pairs"], f["same_label_same"]
-    ax = figures.same_label_curve(edges, pairs, same, title="clean model: similarity predicts the label")
+    npz = read_similarities(Path(m.run_dir) / f"eval-{name}" / m.metrics[name]["similarity"]["arrays"])
+    if npz is None:
+        return None
+    ax = figures.same_label_curve(npz["edges"], npz["same_label_pairs"], npz["same_label_same"],
+                                  title="clean model: similarity predicts the label")
     return ax.figure
 
 
@@ -94,8 +94,8 @@ def write_demo_report(path: str | os.PathLike, cfg: "DemoConfig", models: Sequen
                                            "without the trigger (the paper's Figure 3, right)"))
             figures.close(fig)
     clean0 = next((x for x in models if x.kind == "clean" and x.seed == 0), None)
-    if clean0 is not None:
-        fig = _same_label_figure(clean0)
+    fig = _same_label_figure(clean0) if clean0 is not None else None
+    if fig is not None:
         figs.append(Image(figures.png_bytes(fig), caption="clean model: probability that two test images share a label, "
                                        "by their similarity (the paper's Figure 3, left)"))
         figures.close(fig)

@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from poisonclip.contracts import read_similarities
 from poisonclip.errors import UserError
-from poisonclip.evaluate.similarities import read_similarities
 from poisonclip.experiments.spec import SEED_AXIS
 from poisonclip.experiments.store import SPEC_FILE, ResultsStore, SweepDir
 from poisonclip.io_utils import atomic_write_text

@@ -12,19 +12,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from poisonclip.contracts import POISON_INFO_FILE, TRAIN_TABLE, read_poison_info
 from poisonclip.data.csv_io import CsvFormat, check_row, csv_columns, csv_separator, iter_rows
 from poisonclip.data.sample import CorruptSample, SkipReport, check_image_file
 from poisonclip.data.wds_io import count_samples, expand_shards, read_sizes
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_write_bytes, sha256_file
-
-POISON_FILE = "poison.json"
-CORPUS_TABLE = "train.tsv"
 
 
 @dataclass(frozen=True)
@@ -61,10 +58,10 @@ def resolve(source: str | os.PathLike, fmt: CsvFormat = CsvFormat(), hash_data: 
     """Inspect ``source`` and return what open_clip_train needs to train on it."""
     raw = str(source)
     p = Path(raw).expanduser()
-    if p.is_dir() and (p / POISON_FILE).is_file():
+    if p.is_dir() and (p / POISON_INFO_FILE).is_file():
         return _poisoned(p.resolve(), hash_data)
-    if p.is_dir() and (p / CORPUS_TABLE).is_file():
-        return _table(p.resolve() / CORPUS_TABLE, fmt, hash_data, origin="corpus", source=p.resolve())
+    if p.is_dir() and (p / TRAIN_TABLE).is_file():
+        return _table(p.resolve() / TRAIN_TABLE, fmt, hash_data, origin="corpus", source=p.resolve())
     if raw.lower().endswith((".csv", ".tsv")):
         if not p.is_file():
             raise UserError(f"{raw}: no such file; pass an existing CSV/TSV table")
@@ -73,9 +70,9 @@ def resolve(source: str | os.PathLike, fmt: CsvFormat = CsvFormat(), hash_data: 
         return _shards(raw, hash_data)
     if not p.exists():
         raise UserError(f"{raw}: no such file or folder; give a CSV/TSV table, a folder of .tar "
-                        f"shards, a poisoned dataset folder ({POISON_FILE}) or a corpus folder ({CORPUS_TABLE})")
+                        f"shards, a poisoned dataset folder ({POISON_INFO_FILE}) or a corpus folder ({TRAIN_TABLE})")
     raise UserError(f"{raw}: not a dataset; give a .csv/.tsv table, .tar shards, a poisoned dataset "
-                    f"folder ({POISON_FILE}) or a corpus folder ({CORPUS_TABLE})")
+                    f"folder ({POISON_INFO_FILE}) or a corpus folder ({TRAIN_TABLE})")
 
 
 def _table(path: Path, fmt: CsvFormat, hash_data: bool, origin: str = "table",
@@ -187,35 +184,20 @@ def _shards(raw: str, hash_data: bool) -> TrainData:
                      num_shards=len(shards), skipped=dict(sorted(report.items())))
 
 
-_POISON_FIELDS = ("dataset_type", "train_data", "num_samples")
-
-
 def _poisoned(folder: Path, hash_data: bool) -> TrainData:
-    pj = folder / POISON_FILE
-    try:
-        info = json.loads(pj.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{pj}: not readable JSON ({e}); rewrite it with `poisonclip poison`") from None
-    missing = [k for k in _POISON_FIELDS if k not in info]
-    if missing:
-        raise UserError(f"{pj}: missing field(s) {missing}; rewrite it with `poisonclip poison`")
-    kind = info["dataset_type"]
-    if kind == "csv":
-        fmt = CsvFormat(info.get("csv_img_key", "filepath"), info.get("csv_caption_key", "title"),
-                        info.get("csv_sep", "\t"))
-        table = Path(info["train_data"])
+    info = read_poison_info(folder)
+    pj = folder / POISON_INFO_FILE
+    if info.dataset_type == "csv":
+        fmt = CsvFormat(info.csv_img_key, info.csv_caption_key, info.csv_sep)
+        table = Path(info.train_data)
         if not table.is_absolute():
             table = folder / table
         if not table.is_file():
-            raise UserError(f"{pj}: train_data {info['train_data']} does not exist")
+            raise UserError(f"{pj}: train_data {info.train_data} does not exist")
         base = _table(table, fmt, hash_data, origin="poisoned", source=folder, check=False)
-    elif kind == "webdataset":
-        base = _shards(info["train_data"], hash_data)
     else:
-        raise UserError(f"{pj}: dataset_type must be 'csv' or 'webdataset', not {kind!r}")
-    skipped = dict(base.skipped)
-    if isinstance(info.get("skipped"), dict):  # the clean rows `poisonclip poison` left out
-        skipped.update({k: v for k, v in info["skipped"].items() if isinstance(v, int)})
+        base = _shards(info.train_data, hash_data)
+    skipped = {**base.skipped, **info.skipped}  # plus the clean rows `poisonclip poison` left out
     return TrainData(**{**base.__dict__, "source": str(folder), "origin": "poisoned",
-                        "poison_json": str(pj), "poison_json_sha256": sha256_file(pj),
+                        "poison_json": str(pj), "poison_json_sha256": info.sha256,
                         "skipped": dict(sorted(skipped.items()))})

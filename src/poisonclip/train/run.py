@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from poisonclip.contracts import RUN_INFO_FILE, RunInfo, read_run_info, write_run_info
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.errors import UserError
 from poisonclip.io_utils import OutputKind, atomic_write_json, check_out, check_place, input_paths
@@ -36,7 +37,6 @@ from poisonclip.train.dataset import TrainData
 from poisonclip.train.logparse import EpochStats, EpochStart, LogParser, Resumed, StepLog, summarize_file
 from poisonclip.train.presets import CPU_TINY, DEFAULT_PRESET, HYPER_FIELDS, Preset, get_preset
 
-RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
 LOG_FILE = "out.log"  # written by open_clip_train itself
 CONSOLE_FILE = "console.log"  # everything the trainer printed, warnings and tracebacks included
@@ -47,7 +47,7 @@ LAUNCH_MODULE = "poisonclip.train.launch"
 # What `--overwrite` may delete: a finished run (run.json) or one this command started and
 # that stopped before the end (config.json as written below, never another tool's).
 RUN_KIND = OutputKind("training run (`poisonclip train`)",
-                      ((RUN_FILE, ("model", "checkpoint", "epochs", "train_data")),
+                      ((RUN_INFO_FILE, ("model", "checkpoint", "epochs", "train_data")),
                        (CONFIG_FILE, ("config", "data", "placement", "command", "steps_per_epoch"))))
 
 
@@ -156,7 +156,7 @@ class RunResult:
 
     @property
     def run_json(self) -> Path:
-        return self.run_dir / RUN_FILE
+        return self.run_dir / RUN_INFO_FILE
 
 
 class TrainingFailed(RuntimeError):
@@ -346,16 +346,13 @@ def _check_resume(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
 
 def _completed(run_dir: Path, epochs: int) -> float | None:
     """The recorded wall time if ``run_dir`` holds a run finished at ``epochs``, else None."""
-    import json
-
-    f = run_dir / RUN_FILE
-    if not f.is_file():
+    if not (run_dir / RUN_INFO_FILE).is_file():
         return None
     try:
-        info = json.loads(f.read_text())
-        return float(info.get("wall_time_s", 0.0)) if int(info.get("epochs", -1)) == epochs else None
-    except (ValueError, TypeError, AttributeError):
+        info = read_run_info(run_dir)
+    except UserError:   # a damaged run.json: the run is not known to be finished, so it resumes
         return None
+    return float(info.wall_time_s or 0.0) if info.epochs == epochs else None
 
 
 def _die_with_parent() -> None:
@@ -419,35 +416,35 @@ def _link_latest(run_dir: Path, epochs: int) -> None:
 
 
 def _write_run_json(cfg: TrainConfig, data: TrainData, place: Placement, res: RunResult) -> None:
-    atomic_write_json(res.run_dir / RUN_FILE, {
-        "model": cfg.model,
-        "checkpoint": str(res.checkpoint) if res.checkpoint else None,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "steps": res.steps,
-        "batch_size": cfg.batch_size,
-        "world_size": place.world_size,
-        "device": place.device,
-        "precision": cfg.precision,
-        "preset": cfg.preset,
-        "data": data.source,
-        "data_origin": data.origin,
-        "dataset_type": data.dataset_type,
-        "train_data": data.train_data,
-        "num_samples": data.num_samples,
-        "dataset_sha256": data.sha256,
-        "poison_json": data.poison_json,
-        "poison_json_sha256": data.poison_json_sha256,
-        "wall_time_s": round(res.wall_time_s, 3),
-        "samples_per_s": round(res.samples_per_s, 3),
-        "train_time_s": round(sum(e.train_time_s for e in res.epochs), 3),
-        "resumed_from_epoch": res.resumed_from_epoch,
-        "loss_curve": res.loss_curve,
-        "epoch_stats": [e.as_dict() for e in res.epochs],
-        "config": CONFIG_FILE,
-        "log": LOG_FILE,
-        "versions": _versions(),
-    })
+    write_run_info(res.run_dir, RunInfo(
+        model=cfg.model,
+        checkpoint=str(res.checkpoint) if res.checkpoint else None,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        steps=res.steps,
+        batch_size=cfg.batch_size,
+        world_size=place.world_size,
+        device=place.device,
+        precision=cfg.precision,
+        preset=cfg.preset,
+        data=data.source,
+        data_origin=data.origin,
+        dataset_type=data.dataset_type,
+        train_data=data.train_data,
+        num_samples=data.num_samples,
+        dataset_sha256=data.sha256,
+        poison_json=data.poison_json,
+        poison_json_sha256=data.poison_json_sha256,
+        wall_time_s=round(res.wall_time_s, 3),
+        samples_per_s=round(res.samples_per_s, 3),
+        train_time_s=round(sum(e.train_time_s for e in res.epochs), 3),
+        resumed_from_epoch=res.resumed_from_epoch,
+        loss_curve=tuple(res.loss_curve),
+        epoch_stats=tuple(e.as_dict() for e in res.epochs),
+        config=CONFIG_FILE,
+        log=LOG_FILE,
+        versions=_versions(),
+    ))
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainData, Placement, list[str], int]:
@@ -483,7 +480,7 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
             return dataclasses.replace(_result(cfg, run_dir, done), skipped=True)
         _prepare_run_dir(cfg, run_dir, data)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_FILE).unlink(missing_ok=True)  # a run.json only ever describes a finished run
+        (run_dir / RUN_INFO_FILE).unlink(missing_ok=True)  # a run.json only ever describes a finished run
         if data.checked_from:
             dataset_mod.write_checked_table(data)
         atomic_write_json(run_dir / CONFIG_FILE, {
