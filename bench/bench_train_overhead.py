@@ -40,7 +40,7 @@ from poisonclip.data.corpus import write_corpus  # noqa: E402
 from poisonclip.data.synthetic import SynthConfig  # noqa: E402
 from poisonclip.train import dataset  # noqa: E402
 from poisonclip.train.logparse import LogParser, StepLog  # noqa: E402
-from poisonclip.train.run import TrainConfig, open_clip_argv, placement  # noqa: E402
+from poisonclip.train.run import TrainConfig, open_clip_argv, processes  # noqa: E402
 
 PY = sys.executable
 POISONCLIP = str(Path(PY).with_name("poisonclip"))
@@ -93,7 +93,7 @@ def _children_cpu() -> float:
 def run_direct(cfg: TrainConfig, out: Path) -> tuple[float, float, float]:
     """open_clip_train.main.main(argv) in a fresh interpreter; (samples/s, wall s, CPU s)."""
     data = dataset.resolve(cfg.data, hash_data=False)
-    argv = open_clip_argv(cfg, data, placement(cfg), out)
+    argv = open_clip_argv(cfg, data, processes(cfg), out)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})}
     t0, c0 = time.perf_counter(), _children_cpu()
     with open(out.parent / f"{out.name}.console", "w") as f:
@@ -227,7 +227,7 @@ def bench_loader(corpus: Path, tmp: Path, a) -> dict:
         torch.set_num_threads(a.threads)
     cfg = cfg_for(corpus, tmp / "loader", a, a.model, threads=a.threads)
     data = dataset.resolve(cfg.data, hash_data=False)
-    args = oc_parse(open_clip_argv(cfg, data, placement(cfg), tmp / "loader"))
+    args = oc_parse(open_clip_argv(cfg, data, processes(cfg), tmp / "loader"))
     args.distributed, args.world_size, args.rank, args.local_rank = False, 1, 0, 0
     args.distill = False
     torch.manual_seed(0)

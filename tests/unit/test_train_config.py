@@ -15,7 +15,7 @@ from poisonclip.data.wds_io import write_shards
 from poisonclip.errors import UserError
 from poisonclip.train import dataset
 from poisonclip.train.presets import CPU_TINY, HYPER_FIELDS, PAPER_CC3M, PRESETS, get_preset
-from poisonclip.train.run import (Placement, TrainConfig, check_fit, launch_command, open_clip_argv, placement,
+from poisonclip.train.run import (Processes, TrainConfig, check_fit, launch_command, open_clip_argv, processes,
                                   validate)
 from tests.conftest import make_samples
 
@@ -56,7 +56,7 @@ def test_argv_is_accepted_by_open_clip_train_and_splits_the_global_batch(table, 
     cfg = TrainConfig.from_preset("paper-cc3m", data=str(table), out=str(tmp_path / "runs" / "r1"),
                                   resume=True, gpus=0)
     data = dataset.resolve(table)
-    argv = open_clip_argv(cfg, data, Placement("cuda", 8, 1), tmp_path / "runs" / "r1")
+    argv = open_clip_argv(cfg, data, Processes("cuda", 8, 1), tmp_path / "runs" / "r1")
     args = _parse(argv)
     assert args.batch_size == 128  # 1024 over 8 processes
     assert (args.model, args.epochs, args.lr, args.wd) == ("RN50", 30, 2e-4, 0.02)
@@ -69,7 +69,7 @@ def test_argv_is_accepted_by_open_clip_train_and_splits_the_global_batch(table, 
 
 def test_extra_args_go_last_so_they_win(table, tmp_path):
     cfg = TrainConfig(data=str(table), out=str(tmp_path / "r"), extra_args=("--lr", "0.5"))
-    argv = open_clip_argv(cfg, dataset.resolve(table), Placement("cpu", 1, 1), tmp_path / "r")
+    argv = open_clip_argv(cfg, dataset.resolve(table), Processes("cpu", 1, 1), tmp_path / "r")
     assert _parse(argv).lr == 0.5
 
 
@@ -81,7 +81,7 @@ def test_crop_scale_one_keeps_the_trigger_pixel_exact_in_open_clips_train_transf
     from poisonclip.attacks import triggers
 
     cfg = TrainConfig(data=str(table), out=str(tmp_path / "r"), crop_scale=1.0)
-    args = _parse(open_clip_argv(cfg, dataset.resolve(table), Placement("cpu", 1, 1), tmp_path / "r"))
+    args = _parse(open_clip_argv(cfg, dataset.resolve(table), Processes("cpu", 1, 1), tmp_path / "r"))
     assert args.aug_cfg == {"scale": (1.0, 1.0)}
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
@@ -94,16 +94,16 @@ def test_crop_scale_one_keeps_the_trigger_pixel_exact_in_open_clips_train_transf
 
 def test_launch_command_single_process_standalone_and_multinode(tmp_path):
     run = tmp_path / "myrun"
-    one = launch_command(TrainConfig(data="d", out=str(run)), Placement("cpu", 1, 1), ["--x"], run)
+    one = launch_command(TrainConfig(data="d", out=str(run)), Processes("cpu", 1, 1), ["--x"], run)
     assert one == [sys.executable, "-m", "poisonclip.train.launch", "--x"]
 
-    two = launch_command(TrainConfig(data="d", out=str(run), cpu_procs=2), Placement("cpu", 2, 1), ["--x"], run)
+    two = launch_command(TrainConfig(data="d", out=str(run), cpu_procs=2), Processes("cpu", 2, 1), ["--x"], run)
     assert two[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in two
     assert two[two.index("--nproc-per-node") + 1] == "2"
     assert two[-4:] == ["-m", "poisonclip.train.launch", "--", "--x"]
 
     cfg = TrainConfig(data="d", out=str(run), nodes=4, node_rank=3, rdzv_endpoint="head:29500")
-    multi = launch_command(cfg, Placement("cuda", 8, 4), [], run)
+    multi = launch_command(cfg, Processes("cuda", 8, 4), [], run)
     assert "--standalone" not in multi
     for flag, value in (("--nnodes", "4"), ("--node-rank", "3"), ("--rdzv-endpoint", "head:29500"),
                         ("--rdzv-id", "myrun"), ("--rdzv-backend", "c10d"), ("--nproc-per-node", "8")):
@@ -125,11 +125,11 @@ def test_bad_requests_are_user_errors(change, message):
 
 def test_batch_must_split_over_processes_and_fit_the_data(table):
     data = dataset.resolve(table)
-    assert check_fit(TrainConfig(data="d", out="o", batch_size=16), data, Placement("cpu", 1, 1)) == 2
+    assert check_fit(TrainConfig(data="d", out="o", batch_size=16), data, Processes("cpu", 1, 1)) == 2
     with pytest.raises(UserError, match="split evenly"):
-        check_fit(TrainConfig(data="d", out="o", batch_size=15), data, Placement("cpu", 2, 1))
+        check_fit(TrainConfig(data="d", out="o", batch_size=15), data, Processes("cpu", 2, 1))
     with pytest.raises(UserError, match="fewer than one batch"):
-        check_fit(TrainConfig(data="d", out="o", batch_size=64), data, Placement("cpu", 1, 1))
+        check_fit(TrainConfig(data="d", out="o", batch_size=64), data, Processes("cpu", 1, 1))
 
 
 def test_gpus_without_a_gpu_is_a_user_error():
@@ -138,8 +138,8 @@ def test_gpus_without_a_gpu_is_a_user_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="no CUDA GPU"):
-        placement(TrainConfig(data="d", out="o", gpus=2))
-    assert placement(TrainConfig(data="d", out="o")).device == "cpu"  # default: CPU when none
+        processes(TrainConfig(data="d", out="o", gpus=2))
+    assert processes(TrainConfig(data="d", out="o")).device == "cpu"  # default: CPU when none
 
 
 # --- dataset resolution ------------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_shards_count_from_sizes_json_or_by_reading(tmp_path):
     again = dataset.resolve(tmp_path / "s")
     assert again.num_samples == 10 and again.sha256 == d.sha256 and again.num_shards == 3
     # Two processes with one loader each need two shards at least; three are enough.
-    place = Placement("cpu", 2, 1)
+    place = Processes("cpu", 2, 1)
     assert check_fit(TrainConfig(data="d", out="o", batch_size=4, workers=1), d, place) == 3
     with pytest.raises(UserError, match="at least one shard each"):
         check_fit(TrainConfig(data="d", out="o", batch_size=4, workers=2), d, place)

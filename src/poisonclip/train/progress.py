@@ -42,7 +42,7 @@ class RichReporter:
     def __call__(self, ev: object) -> None:
         p = self.progress
         if isinstance(ev, Launched):
-            pl = ev.placement
+            pl = ev.processes
             where = f"{pl.device}" + (f" x {pl.world_size} processes" if pl.world_size > 1 else "")
             p.console.print(f"training [bold]{escape(ev.model)}[/] on {escape(ev.data.source)} "
                             f"({ev.data.num_samples} samples, {ev.data.dataset_type}), {ev.epochs} epochs x "

@@ -104,7 +104,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Placement:
+class Processes:
+    """The processes one training run is spread over (where a trigger goes is
+    ``attacks.triggers.Placement``, another thing)."""
+
     device: str  # "cpu" | "cuda"
     procs_per_node: int
     nodes: int
@@ -125,7 +128,7 @@ class Launched:
     command: tuple[str, ...]
     run_dir: Path
     data: TrainData
-    placement: Placement
+    processes: Processes
     model: str
     epochs: int
     steps_per_epoch: int
@@ -205,16 +208,16 @@ def _may_have_gpu() -> bool:
     return True
 
 
-def placement(cfg: TrainConfig) -> Placement:
+def processes(cfg: TrainConfig) -> Processes:
     """Where the run goes: CPU unless GPUs are asked for (or visible, when not specified)."""
     if cfg.gpus == 0 or (cfg.gpus is None and not _may_have_gpu()):
-        return Placement("cpu", cfg.cpu_procs, cfg.nodes)
+        return Processes("cpu", cfg.cpu_procs, cfg.nodes)
     import torch
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpus = cfg.gpus if cfg.gpus is not None else min(visible, 1)
     if gpus == 0:
-        return Placement("cpu", cfg.cpu_procs, cfg.nodes)
+        return Processes("cpu", cfg.cpu_procs, cfg.nodes)
     if visible == 0:
         raise UserError(f"--gpus {gpus}: no CUDA GPU is visible here (torch.cuda.is_available() is "
                         "False); pass --gpus 0 to train on the CPU")
@@ -222,10 +225,10 @@ def placement(cfg: TrainConfig) -> Placement:
         raise UserError(f"--gpus {gpus}: only {visible} CUDA GPU(s) visible on this node")
     if cfg.cpu_procs != 1:
         raise UserError("--cpu-procs is for CPU training; with --gpus each GPU gets one process")
-    return Placement("cuda", gpus, cfg.nodes)
+    return Processes("cuda", gpus, cfg.nodes)
 
 
-def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Placement, run_dir: Path) -> list[str]:
+def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Processes, run_dir: Path) -> list[str]:
     """The open_clip_train command line for this run (the same on every rank and node)."""
     per_proc = cfg.batch_size // place.world_size
     argv = ["--model", cfg.model, *data.open_clip_args(),
@@ -252,7 +255,7 @@ def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Placement, run_dir:
     return argv + list(cfg.extra_args)
 
 
-def launch_command(cfg: TrainConfig, place: Placement, argv: list[str], run_dir: Path) -> list[str]:
+def launch_command(cfg: TrainConfig, place: Processes, argv: list[str], run_dir: Path) -> list[str]:
     """One process, or torchrun (``torch.distributed.run``) when there are several."""
     py = sys.executable
     if not place.distributed and not cfg.rdzv_endpoint:
@@ -269,7 +272,7 @@ def launch_command(cfg: TrainConfig, place: Placement, argv: list[str], run_dir:
     return [*cmd, "-m", LAUNCH_MODULE, "--", *argv]
 
 
-def check_fit(cfg: TrainConfig, data: TrainData, place: Placement) -> int:
+def check_fit(cfg: TrainConfig, data: TrainData, place: Processes) -> int:
     """Steps per epoch, after checking the batch splits over processes and fits the data."""
     world = place.world_size
     if cfg.batch_size % world:
@@ -415,7 +418,7 @@ def _link_latest(run_dir: Path, epochs: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_run_json(cfg: TrainConfig, data: TrainData, place: Placement, res: RunResult) -> None:
+def _write_run_json(cfg: TrainConfig, data: TrainData, place: Processes, res: RunResult) -> None:
     write_run_info(res.run_dir, RunInfo(
         model=cfg.model,
         checkpoint=str(res.checkpoint) if res.checkpoint else None,
@@ -447,13 +450,13 @@ def _write_run_json(cfg: TrainConfig, data: TrainData, place: Placement, res: Ru
     ))
 
 
-def prepare(cfg: TrainConfig) -> tuple[TrainData, Placement, list[str], int]:
-    """Every check that needs no training: returns data, placement, command and steps/epoch."""
+def prepare(cfg: TrainConfig) -> tuple[TrainData, Processes, list[str], int]:
+    """Every check that needs no training: returns data, processes, command and steps/epoch."""
     from poisonclip.train.models import check_model
 
     validate(cfg)
     check_model(cfg.model)
-    place = placement(cfg)
+    place = processes(cfg)
     # Only node 0 writes run.json, so only node 0 reads the whole dataset to hash it.
     data = dataset_mod.resolve(cfg.data, CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep),
                                hash_data=cfg.hash_data and cfg.node_rank == 0)
@@ -485,6 +488,7 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
             dataset_mod.write_checked_table(data)
         atomic_write_json(run_dir / CONFIG_FILE, {
             "config": dataclasses.asdict(cfg), "data": dataclasses.asdict(data),
+            # (the key keeps its old name: run folders written before the rename resume by it)
             "placement": {**dataclasses.asdict(place), "world_size": place.world_size},
             "per_process_batch_size": cfg.batch_size // place.world_size,
             "steps_per_epoch": steps, "command": cmd, "cwd": data.cwd, "versions": _versions()})
@@ -538,6 +542,6 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
     return res
 
 
-__all__ = ["TrainConfig", "RunResult", "Placement", "Launched", "Output", "StepLog", "EpochStart",
-           "Resumed", "TrainingFailed", "train", "prepare", "validate", "placement", "open_clip_argv",
+__all__ = ["TrainConfig", "RunResult", "Processes", "Launched", "Output", "StepLog", "EpochStart",
+           "Resumed", "TrainingFailed", "train", "prepare", "validate", "processes", "open_clip_argv",
            "launch_command"]
