@@ -13,7 +13,9 @@ class SettingError(UserError):
     """A bad value of one setting, named as the config spells it (``patch_size``).
 
     The library does not know how the user gave the value: the CLI rewrites the name into
-    its flag (``--patch-size``), a sweep into the spec's key (``poison.patch_size``).
+    its flag (``--patch-size``), a sweep into the spec's key (``poison.patch_size``). Other
+    settings a message mentions are written in backticks (`` `resume` ``), which the CLI also
+    turns into flags.
     """
 
     def __init__(self, setting: str, problem: str):

@@ -131,7 +131,7 @@ def test_interrupted_run_resumes_to_the_same_step_count(reference, corpus, tmp_p
     assert r.exit_code == 2, r.output
     assert r.output.strip().splitlines() == [
         "error: --resume: this run was started with lr=0.002; resuming with a different lr would mix two runs "
-        "(use a new --out)"]
+        "(use a new --out folder)"]
     other = tmp_path / "other.tsv"  # other data, same settings
     other.write_text((corpus / "train.tsv").read_text())
     (tmp_path / "images").symlink_to(corpus / "images")

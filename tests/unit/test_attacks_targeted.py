@@ -146,7 +146,7 @@ def test_random_targets_never_come_from_the_training_data(tiny, held_out, tmp_pa
     """A training image already sits in the data with its true caption: random targets come
     from a held-out labelled set, and a training image named explicitly is a warning."""
     for source in (None, str(tiny.csv)):
-        with pytest.raises(UserError, match="^random_targets: .*set target_source to a held-out"):
+        with pytest.raises(UserError, match="^random_targets: .*set `target_source` to a held-out"):
             plan(TargetedConfig(data=str(tiny.csv), out=str(tmp_path / "o"), random_targets=2, n_poisons=2,
                                 target_source=source))
     key = next(s.key for s in read_csv(tiny.csv))

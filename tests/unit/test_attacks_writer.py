@@ -136,7 +136,7 @@ def test_clean_shard_named_like_a_poison_shard_is_refused(tmp_path):
     tiny = make_tiny(tmp_path / "d", n=20, shard_size=10)
     write_shards(tiny.samples[:5], tmp_path / "other", shard_size=5, prefix="poison-")
     spec = f"{tiny.shards}::{tmp_path / 'other'}"
-    with pytest.raises(UserError, match="has the name of a poison shard; choose another shard_prefix"):
+    with pytest.raises(UserError, match="has the name of a poison shard; choose another `shard_prefix`"):
         poison(BackdoorConfig(data=spec, out=str(tmp_path / "o"), target_label="star", n_poisons=2))
     assert not (tmp_path / "o").exists()
     r = poison(BackdoorConfig(data=spec, out=str(tmp_path / "o"), target_label="star", n_poisons=2,

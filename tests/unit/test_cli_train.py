@@ -38,7 +38,7 @@ def test_gpus_without_gpu(tmp_path):
         pytest.skip("this machine has a GPU")
     t = write_csv(make_samples(4), tmp_path / "d")
     line = _one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--gpus", "2"]))
-    assert "--gpus 2" in line and "no CUDA GPU" in line
+    assert "--gpus: 2 asked for" in line and "no CUDA GPU" in line and "set --gpus to 0" in line
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path):

@@ -159,3 +159,13 @@ def test_flat_metrics_names_the_targets_behind_a_success_rate():
     f = flat_metrics(m)
     assert f["targeted_targets"] == f"{'a' * 16}:moon;{'b' * 16}:star"
     assert f["excluded_targets"] == 2 and f["targeted_success_zeroshot_k"] == 1
+
+
+def test_a_bad_setting_is_named_by_its_spec_key(synth_entry, tmp_path):
+    """The library names the setting; the sweep says where it sits in the spec."""
+    cfg = S.resolve("poison", {"target_label": "circle", "n_poisons": 2, "patch_size": 0})
+    with pytest.raises(UserError, match=r"^sweep spec: poison\.patch_size: must be positive"):
+        S.poison(cfg, synth_entry, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(UserError, match=r"^sweep spec: train\.model: resnet9000: unknown model"):
+        S.link({"poison": {"target_label": "circle", "n_poisons": 2}, "train": {"model": "resnet9000"}})

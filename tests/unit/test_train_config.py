@@ -111,12 +111,12 @@ def test_launch_command_single_process_standalone_and_multinode(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(nodes=2), "--rdzv-endpoint"),
+    (dict(nodes=2), "^nodes: 2: multi-node training needs `rdzv_endpoint`"),
     (dict(resume=True, overwrite=True), "contradict"),
-    (dict(epochs=0), "--epochs"),
-    (dict(precision="fp8"), "--precision"),
-    (dict(node_rank=1), "--node-rank"),
-    (dict(threads=0), "--threads"),
+    (dict(epochs=0), "^epochs: must be at least 1, got 0"),
+    (dict(precision="fp8"), "^precision: 'fp8'"),
+    (dict(node_rank=1), "^node_rank: 1 must be below `nodes`"),
+    (dict(threads=0), "^threads: must be at least 1"),
 ])
 def test_bad_requests_are_user_errors(change, message):
     with pytest.raises(UserError, match=message):

@@ -132,7 +132,7 @@ class CaptionSet:
             where = self.dataset or "the dataset"
             raise UserError(f"{where}: label {self.label!r} appears in none of the {self.n_scanned} captions "
                             f"searched (0 found{', plurals included' if self.plurals else ''}); "
-                            "choose a label the captions use, or caption_source templates for targeted poisoning")
+                            "choose a label the captions use, or `caption_source` templates for targeted poisoning")
         return self
 
 

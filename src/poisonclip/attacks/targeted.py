@@ -94,7 +94,7 @@ class _Resolved:
 
 def _check(cfg: TargetedConfig) -> None:
     if not cfg.targets and cfg.random_targets <= 0:
-        raise SettingError("targets", "no target: give targets (image + label) or random_targets")
+        raise SettingError("targets", "no target: give `targets` (image + label) or `random_targets`")
     if cfg.random_targets < 0:
         raise SettingError("random_targets", f"must be >= 0, got {cfg.random_targets}")
     if cfg.random_targets and cfg.n_poisons <= 0:
@@ -165,10 +165,10 @@ def _resolve_targets(cfg: TargetedConfig, data: str, lookup: str, classnames: li
                              _label_name(raw, classnames)))
     if cfg.random_targets:
         if not classnames:
-            raise SettingError("random_targets", "needs a class list to draw labels from; give classnames")
+            raise SettingError("random_targets", "needs a class list to draw labels from; give `classnames`")
         if lookup == data or same_path(lookup, data):
             raise SettingError("random_targets", "draws targets from the training data, where each already sits "
-                               "with its true caption; set target_source to a held-out labelled set "
+                               "with its true caption; set `target_source` to a held-out labelled set "
                                "(e.g. the corpus' test.tsv)")
         rng = rng_for(cfg.seed, "random-targets")
         fmt_lookup = CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep)
@@ -258,7 +258,7 @@ def plan_targeted(cfg: TargetedConfig) -> Plan:
     in_training = [t.id for t in targets if t.source.startswith("key:") and lookup == data]
     warnings = ([f"target(s) {', '.join(in_training)} are images of the training data itself, where each "
                  "already sits with its true caption; the paper's targets are held-out images "
-                 "(target_source)"] if in_training else [])
+                 "(`target_source`)"] if in_training else [])
     pngs = tuple(TargetImage(t.id, t.label, encode_image(decode_image(t.image), "png")) for t in targets)
     config = {"attack": "targeted", **jsonable(cfg), "data": data, "target_source": lookup,
               "classnames": cn_path}

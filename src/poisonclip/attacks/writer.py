@@ -176,7 +176,7 @@ def _wds_layout(plan: Plan, out: Path, report: SkipReport) -> _WdsLayout:
     clash = sorted(set(poison_names) & set(names))
     if clash:
         raise UserError(f"{plan.dataset}: clean shard {clash[0]} has the name of a poison shard; "
-                        "choose another shard_prefix")
+                        "choose another `shard_prefix`")
     sizes = shard_sizes(clean, report)
     poison_paths = [out / nm for nm in poison_names]
     train_data = _spec_of(poison_paths) + "::" + _spec_of(clean)
@@ -250,7 +250,7 @@ def _write_csv(plan: Plan, rendered: list[tuple[Sample, ManifestRow]], tmp: Path
                 continue
             key = csv_key(row, i)
             if key in poison_keys:
-                raise UserError(f"{src}: clean key {key!r} equals a poison key; rename it or use another seed")
+                raise UserError(f"{src}: clean key {key!r} equals a poison key; rename it or use another `seed`")
             w.writerow([os.path.abspath(img), caption, key, *[clean_text(row.get(c) or "") for c in extra]])
             n_clean += 1
         for pr in poison_rows[j:]:

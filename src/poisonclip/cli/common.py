@@ -46,6 +46,7 @@ def fail(message: str) -> typer.Exit:
 
 
 _NESTED = re.compile(r"(\w+)\[(\d+)\]\.(.+)")
+_MENTION = re.compile(r"`([a-z][a-z0-9_]*(?:\[\d+\]\.[a-z][a-z0-9_]*)?)`")   # a setting named in a message
 
 
 def flag_for(setting: str, flags: Mapping[str, str] | None = None) -> str:
@@ -61,10 +62,10 @@ def flag_for(setting: str, flags: Mapping[str, str] | None = None) -> str:
 
 
 def user_message(e: UserError, flags: Mapping[str, str] | None = None) -> str:
-    """A library error as the command line says it: a setting named by its flag."""
-    if isinstance(e, SettingError):
-        return f"{flag_for(e.setting, flags)}: {e.problem}"
-    return str(e)
+    """A library error as the command line says it: the setting it is about (``SettingError``)
+    and every setting it mentions in backticks (`` `resume` ``) named by its flag."""
+    text = f"{flag_for(e.setting, flags)}: {e.problem}" if isinstance(e, SettingError) else str(e)
+    return _MENTION.sub(lambda m: flag_for(m.group(1), flags), text)
 
 
 class App(typer.Typer):

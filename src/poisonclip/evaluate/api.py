@@ -116,10 +116,10 @@ def _images(ls: LabelledSet, indices: Sequence[int] | None = None) -> Iterator[I
 def _resolve_model(cfg: EvalConfig) -> tuple[str, Path]:
     if cfg.run is not None:
         if cfg.model or cfg.checkpoint:
-            raise SettingError("run", "give either run or model with checkpoint, not both")
+            raise SettingError("run", "give either `run` or `model` with `checkpoint`, not both")
         return resolve_run(cfg.run)
     if not cfg.model or cfg.checkpoint is None:
-        raise SettingError("model", "no model: give run (a run folder), or model with checkpoint")
+        raise SettingError("model", "no model: give `run` (a run folder), or `model` with `checkpoint`")
     return cfg.model, Path(cfg.checkpoint)
 
 
@@ -130,7 +130,7 @@ def _check_metrics_out(out: Path, overwrite: bool) -> None:
     if not os.path.lexists(f):
         return
     if not overwrite:
-        raise UserError(f"{f}: already exists; choose another out folder or set overwrite")
+        raise UserError(f"{f}: already exists; choose another `out` folder or set `overwrite`")
     # only the kind is checked (the schema tag every version of the file carries): a
     # metrics.json of ours that no longer reads is still ours to replace
     try:
@@ -139,7 +139,7 @@ def _check_metrics_out(out: Path, overwrite: bool) -> None:
         old = None
     if not isinstance(old, dict) or old.get("schema") != METRICS_SCHEMA:
         raise UserError(f"{f}: not a metrics file written by `poisonclip eval` (schema {METRICS_SCHEMA}); "
-                        "overwrite replaces only those, so it is left untouched: choose another out folder")
+                        "`overwrite` replaces only those, so it is left untouched: choose another `out` folder")
 
 
 def _validate(cfg: EvalConfig) -> None:
@@ -243,7 +243,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                               ProbeConfig(tuple(cfg.probe_cs), cfg.probe_val_fraction, seed=cfg.seed))
         except ValueError as e:
             raise UserError(f"{cfg.probe_train or data_path}: cannot train the linear probe ({e}); "
-                            "give more labelled images or set probe to false") from None
+                            "give more labelled images, or do without the probe (`probe`)") from None
         clean["probe"] = {"top1": M.top1(probe.scores(clean_emb[probe_idx]), labels[probe_idx]).to_dict(),
                           "n_train": int(len(ptrain_labels)), "n_test": int(len(probe_idx)),
                           "train_set": split, **probe.info()}
@@ -281,7 +281,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         write_metrics(out, metrics, replace=cfg.overwrite)
     except FileExistsError:
         raise UserError(f"{out / METRICS_FILE}: appeared while this evaluation ran; left it untouched "
-                        "(choose another out folder)") from None
+                        "(choose another `out` folder)") from None
     say(f"wrote {out / METRICS_FILE}")
     return metrics.to_json()
 

@@ -141,5 +141,5 @@ def class_index(label: str, classnames: Sequence[str], where: str) -> int:
     """``label``'s index in the eval set's class list, or a UserError naming ``where`` it came from."""
     if label not in classnames:
         raise UserError(f"{where}: target label {label!r} is not in the eval class list {list(classnames)}; "
-                        "evaluate on a set whose classnames include it (or pass classnames)")
+                        "evaluate on a set whose classnames include it (or give `classnames`)")
     return list(classnames).index(label)

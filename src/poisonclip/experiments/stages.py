@@ -25,10 +25,11 @@ tests use) is named in a spec as ``stages: module:object``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 from poisonclip.contracts import (CLASSNAMES_FILE, POISON_INFO_FILE, PROBE_TABLE, TEST_TABLE, TRAIN_TABLE,
                                   CorpusPaths, write_external_corpus)
@@ -98,6 +99,15 @@ def _build(cls: type, where: str, config: Mapping[str, Any], **fixed: Any) -> An
 
 _POISON_FIXED = {"data", "out", "overwrite"}
 _TRAIN_FIXED = {"data", "out", "overwrite", "resume"}
+
+
+@contextlib.contextmanager
+def _as_spec_keys(stage: str) -> Iterator[None]:
+    """A library error about a setting, named as the spec names it: ``sweep spec: train.lr: ...``."""
+    try:
+        yield
+    except SettingError as e:
+        raise UserError(f"sweep spec: {stage}.{e.setting}: {e.problem}") from None
 
 
 def _attack(name: Any) -> Any:
@@ -176,13 +186,15 @@ class PoisonclipStages:
         if _attack(poison.get("attack", "backdoor")).has_setting("resolution") and "resolution" not in poison:
             from poisonclip.train.models import input_size
 
-            model = self._resolve_train(dict(out.get("train", {})))["model"]
-            poison["resolution"] = input_size(model)
+            with _as_spec_keys("train"):
+                model = self._resolve_train(dict(out.get("train", {})))["model"]
+                poison["resolution"] = input_size(model)
             out["poison"] = poison
         return out
 
     def resolve(self, stage: str, config: Mapping[str, Any]) -> dict[str, Any]:
-        return getattr(self, f"_resolve_{stage}")(dict(config))
+        with _as_spec_keys(stage):
+            return getattr(self, f"_resolve_{stage}")(dict(config))
 
     def _resolve_corpus(self, config: dict[str, Any]) -> dict[str, Any]:
         if set(config) & _EXTERNAL_FIELDS:
@@ -257,10 +269,8 @@ class PoisonclipStages:
         if attack.has_setting("target_source") and not config.get("target_source"):
             config["target_source"] = paths.test
         cfg = _attack_config(attack, config, data=paths.train, out=str(out))
-        try:
+        with _as_spec_keys("poison"):
             res = poison(cfg)
-        except SettingError as e:   # named as the spec names it
-            raise UserError(f"sweep spec: poison.{e.setting}: {e.problem}") from None
         total = res.n_clean + res.n_poisons
         return {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
                 "poison_ratio": res.n_poisons / total if total else None}
@@ -270,7 +280,8 @@ class PoisonclipStages:
 
         config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
         source = str(data) if (data / POISON_INFO_FILE).is_file() else CorpusPaths.from_folder(data).train
-        res = train(TrainConfig(data=str(source), out=str(out), **config))
+        with _as_spec_keys("train"):
+            res = train(TrainConfig(data=str(source), out=str(out), **config))
         from poisonclip.train.models import checkpoint_params
 
         return {"n_params": checkpoint_params(res.checkpoint), "wall_time_s": round(res.wall_time_s, 3),
@@ -288,4 +299,5 @@ class PoisonclipStages:
             kwargs["probe_train"] = Path(paths.probe)   # the corpus' own probe split, apart from the test split
         cfg = EvalConfig(data=Path(paths.test), out=out, run=run, poison=poison,
                          classnames=Path(paths.classnames) if paths.classnames else None, **kwargs)
-        return flat_metrics(evaluate(cfg))
+        with _as_spec_keys("eval"):
+            return flat_metrics(evaluate(cfg))

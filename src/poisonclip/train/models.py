@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 PAPER_MODEL = "RN50"
@@ -90,12 +90,12 @@ def check_model(name: str) -> str:
     if name.startswith("local-dir:"):
         if (Path(name[len("local-dir:"):]) / "open_clip_config.json").is_file():
             return name
-        raise UserError(f"--model {name}: no open_clip_config.json in that folder")
+        raise SettingError("model", f"{name}: no open_clip_config.json in that folder")
     n_builtin = len(set(known_models()) - {p.stem for p in CONFIG_DIR.glob("*.json")})
     ours = [*sorted(p.stem for p in CONFIG_DIR.glob("*.json")), PAPER_MODEL]
-    raise UserError(f"--model {name}: unknown model; known: {', '.join(ours)} "
-                    f"(or any of open_clip's {n_builtin} built-in names; "
-                    "`poisonclip models --all` lists them)")
+    raise SettingError("model", f"{name}: unknown model; known: {', '.join(ours)} "
+                       f"(or any of open_clip's {n_builtin} built-in names; "
+                       "`poisonclip models --all` lists them)")
 
 
 def input_size(name: str) -> int:
@@ -106,7 +106,7 @@ def input_size(name: str) -> int:
     register_models()
     cfg = get_model_config(name)
     if cfg is None:
-        raise UserError(f"--model {name}: no config found")
+        raise SettingError("model", f"{name}: no config found")
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     return size if isinstance(size, int) else int(size[0])
 
@@ -139,11 +139,11 @@ def model_info(name: str) -> ModelInfo:
     register_models()
     cfg = get_model_config(name)
     if cfg is None:
-        raise UserError(f"--model {name}: no config found")
+        raise SettingError("model", f"{name}: no config found")
     vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     custom = cfg.pop("custom_text", False) or "hf_model_name" in text_cfg
     if "multimodal_cfg" in cfg:
-        raise UserError(f"--model {name}: CoCa models are not CLIP models; pick a CLIP config")
+        raise SettingError("model", f"{name}: CoCa models are not CLIP models; pick a CLIP config")
     with torch.device("meta"):
         model = (CustomTextCLIP if custom else CLIP)(**cfg)
     total = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -105,4 +105,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UserError(f"--preset {name}: unknown preset; known: {', '.join(PRESETS)}") from None
+        raise SettingError("preset", f"{name}: unknown preset; known: {', '.join(PRESETS)}") from None

@@ -30,7 +30,7 @@ from typing import Callable
 
 from poisonclip.contracts import RUN_INFO_FILE, RunInfo, read_run_info, write_run_info
 from poisonclip.data.csv_io import CsvFormat
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import OutputKind, atomic_write_json, check_out, check_place, input_paths
 from poisonclip.train import dataset as dataset_mod
 from poisonclip.train.dataset import TrainData
@@ -172,27 +172,29 @@ EventHandler = Callable[[object], None]
 def validate(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "log_every_n_steps", "cpu_procs", "nodes", "save_frequency"):
         if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise SettingError(name, f"must be at least 1, got {getattr(cfg, name)}")
     if cfg.threads is not None and cfg.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {cfg.threads}")
+        raise SettingError("threads", f"must be at least 1, got {cfg.threads}")
     for name in ("warmup", "workers", "node_rank"):
         if getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
-    if cfg.lr <= 0 or cfg.wd < 0:
-        raise UserError(f"--lr must be positive and --wd not negative (got {cfg.lr}, {cfg.wd})")
+            raise SettingError(name, f"must not be negative, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise SettingError("lr", f"must be positive, got {cfg.lr}")
+    if cfg.wd < 0:
+        raise SettingError("wd", f"must not be negative, got {cfg.wd}")
     if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
-        raise UserError(f"crop_scale must be in (0, 1], got {cfg.crop_scale}")
+        raise SettingError("crop_scale", f"must be in (0, 1], got {cfg.crop_scale}")
     if cfg.gpus is not None and cfg.gpus < 0:
-        raise UserError(f"--gpus must not be negative, got {cfg.gpus}")
+        raise SettingError("gpus", f"must not be negative, got {cfg.gpus}")
     if cfg.precision not in PRECISIONS:
-        raise UserError(f"--precision {cfg.precision}: choose one of {', '.join(PRECISIONS)}")
+        raise SettingError("precision", f"{cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if cfg.nodes > 1 and not cfg.rdzv_endpoint:
-        raise UserError(f"--nodes {cfg.nodes}: multi-node training needs --rdzv-endpoint HOST:PORT "
-                        "(a host all nodes reach, e.g. the first node of the job)")
+        raise SettingError("nodes", f"{cfg.nodes}: multi-node training needs `rdzv_endpoint` HOST:PORT "
+                           "(a host all nodes reach, e.g. the first node of the job)")
     if cfg.node_rank >= cfg.nodes:
-        raise UserError(f"--node-rank {cfg.node_rank} must be below --nodes {cfg.nodes}")
+        raise SettingError("node_rank", f"{cfg.node_rank} must be below `nodes` ({cfg.nodes})")
     if cfg.resume and cfg.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pick one")
+        raise SettingError("resume", "`resume` and `overwrite` contradict each other; pick one")
 
 
 def _may_have_gpu() -> bool:
@@ -219,12 +221,12 @@ def processes(cfg: TrainConfig) -> Processes:
     if gpus == 0:
         return Processes("cpu", cfg.cpu_procs, cfg.nodes)
     if visible == 0:
-        raise UserError(f"--gpus {gpus}: no CUDA GPU is visible here (torch.cuda.is_available() is "
-                        "False); pass --gpus 0 to train on the CPU")
+        raise SettingError("gpus", f"{gpus} asked for, but no CUDA GPU is visible here (torch.cuda.is_available() "
+                           "is False); set `gpus` to 0 to train on the CPU")
     if gpus > visible:
-        raise UserError(f"--gpus {gpus}: only {visible} CUDA GPU(s) visible on this node")
+        raise SettingError("gpus", f"{gpus} asked for, but only {visible} CUDA GPU(s) are visible on this node")
     if cfg.cpu_procs != 1:
-        raise UserError("--cpu-procs is for CPU training; with --gpus each GPU gets one process")
+        raise SettingError("cpu_procs", "is for CPU training; with `gpus` each GPU gets one process")
     return Processes("cuda", gpus, cfg.nodes)
 
 
@@ -276,11 +278,11 @@ def check_fit(cfg: TrainConfig, data: TrainData, place: Processes) -> int:
     """Steps per epoch, after checking the batch splits over processes and fits the data."""
     world = place.world_size
     if cfg.batch_size % world:
-        raise UserError(f"--batch-size {cfg.batch_size} (global) does not split evenly over "
-                        f"{world} processes; use a multiple of {world}")
+        raise SettingError("batch_size", f"{cfg.batch_size} (global) does not split evenly over "
+                           f"{world} processes; use a multiple of {world}")
     if data.num_samples < cfg.batch_size:
         raise UserError(f"{data.source}: {data.num_samples} samples, fewer than one batch of "
-                        f"{cfg.batch_size}; lower --batch-size")
+                        f"{cfg.batch_size}; lower `batch_size`")
     if data.dataset_type == "webdataset":
         # Each rank (and each loader worker) reads whole shards; one left without a shard
         # would stall the others at the first gradient all-reduce.
@@ -288,7 +290,7 @@ def check_fit(cfg: TrainConfig, data: TrainData, place: Processes) -> int:
         if data.num_shards < readers:
             raise UserError(f"{data.source}: {data.num_shards} shard(s) for {max(1, cfg.workers)} loader "
                             f"worker(s) x {world} process(es); open_clip needs at least one shard each "
-                            "(lower --workers or write more, smaller shards)")
+                            "(lower `workers` or write more, smaller shards)")
         # open_clip rounds an epoch up to whole batches per worker (get_wds_dataset).
         batches, workers = math.ceil(data.num_samples / cfg.batch_size), max(1, cfg.workers)
         return math.ceil(batches / workers) * workers
@@ -315,15 +317,15 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
     inputs = [*input_paths(cfg.data), *input_paths(data.checked_from or data.train_data)]
     check_place(run_dir, inputs)   # never the working/home directory, never the data's folder
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir}: exists and is not a folder")
+        raise SettingError("out", f"{run_dir} exists and is not a folder")
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return
     if cfg.overwrite:
         check_out(run_dir, RUN_KIND, overwrite=True, inputs=inputs)   # only ever a poisonclip run
         shutil.rmtree(run_dir)
     elif not cfg.resume:
-        raise UserError(f"--out {run_dir}: already holds a run; pass --resume to continue it "
-                        "or --overwrite to start again")
+        raise SettingError("out", f"{run_dir} already holds a run; set `resume` to continue it "
+                           "or `overwrite` to start again")
 
 
 _MUST_MATCH = ("model", "batch_size", "seed", "lr", "wd", "warmup", "opt", "precision")
@@ -343,8 +345,8 @@ def _check_resume(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
     if diff:
         k = diff[0]
         was = old["data"]["train_data"] if k == "data" else before[k]
-        raise UserError(f"--resume: this run was started with {k}={was!r}; resuming with a "
-                        f"different {', '.join(diff)} would mix two runs (use a new --out)")
+        raise SettingError("resume", f"this run was started with {k}={was!r}; resuming with a "
+                           f"different {', '.join(diff)} would mix two runs (use a new `out` folder)")
 
 
 def _completed(run_dir: Path, epochs: int) -> float | None:
