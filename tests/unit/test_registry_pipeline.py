@@ -86,3 +86,20 @@ def test_no_stage_or_evaluator_names_a_builtin_attack_outside_its_own_module():
         text = path.read_text(encoding="utf-8")
         for name in ('"targeted"', "BackdoorConfig", "TargetedConfig", "poison.backdoor", "poison.targets"):
             assert name not in text, (path.name, name)
+
+
+def test_a_registered_trigger_is_a_backdoor_setting_and_an_unknown_one_names_the_flag(solid_square, tmp_path):
+    from typer.testing import CliRunner
+
+    from poisonclip.attacks.api import BackdoorConfig
+    from poisonclip.cli import app
+
+    tiny = make_tiny(tmp_path / "d", n=20)
+    p = plan(BackdoorConfig(data=str(tiny.csv), out=str(tmp_path / "o"), target_label="star", n_poisons=2,
+                            trigger="solid-square", no_classnames=True, exclude_labels=("2",)))
+    assert {i.trigger for i in p.items} == {"solid-square"} and p.section["backdoor"]["trigger"] == "solid-square"
+    r = CliRunner().invoke(app, ["poison", "backdoor", str(tiny.csv), "--out", str(tmp_path / "o"), "--label", "star",
+                                 "--n-poisons", "2", "--trigger", "nope"])
+    assert r.exit_code == 2
+    assert r.output.strip() == "error: --trigger: 'nope' is not one of checkerboard, solid-square"
+    assert not (tmp_path / "o").exists()

@@ -76,7 +76,8 @@ def _check(cfg: BackdoorConfig) -> None:
         raise SettingError("target_label", "target label is empty")
     if cfg.placement not in {p.value for p in triggers.Placement}:
         raise SettingError("placement", f"{cfg.placement!r} is not one of corner, random")
-    TRIGGERS.get(cfg.trigger)
+    if cfg.trigger not in TRIGGERS.names():
+        raise SettingError("trigger", f"{cfg.trigger!r} is not one of {', '.join(TRIGGERS.names())}")
     dataset_kind(cfg.data)
 
 
