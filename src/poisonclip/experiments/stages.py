@@ -31,6 +31,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
+from poisonclip.attacks.plan import jsonable
 from poisonclip.contracts import (CLASSNAMES_FILE, POISON_INFO_FILE, PROBE_TABLE, TEST_TABLE, TRAIN_TABLE,
                                   CorpusPaths, write_external_corpus)
 from poisonclip.errors import SettingError, UserError
@@ -69,21 +70,6 @@ def load_stages(ref: str) -> Stages:
 def _is_stages(obj: Any) -> bool:
     return all(callable(getattr(obj, m, None)) for m in ("resolve", "corpus", "poison", "train", "evaluate")) \
         and not isinstance(obj, type)
-
-
-def _plain(obj: Any) -> Any:
-    """A dataclass/tuple/Path tree as JSON-ready data."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), (str, int)):  # Enum
-        return obj.value
-    return obj
 
 
 def _build(cls: type, where: str, config: Mapping[str, Any], **fixed: Any) -> Any:
@@ -201,7 +187,7 @@ class PoisonclipStages:
             return _resolve_external(config)
         from poisonclip.data.synthetic import SynthConfig
 
-        return _plain(_build(SynthConfig, "corpus", config))
+        return jsonable(_build(SynthConfig, "corpus", config))
 
     def _resolve_poison(self, config: dict[str, Any]) -> dict[str, Any]:
         attack = _attack(config.pop("attack", "backdoor"))
@@ -209,7 +195,7 @@ class PoisonclipStages:
         if fixed:
             raise UserError(f"sweep spec: poison: {fixed} are set by the sweep for each trial; remove them")
         cfg = _attack_config(attack, config, data="-", out="-")
-        return {"attack": attack.name, **{k: v for k, v in _plain(cfg).items() if k not in _POISON_FIXED}}
+        return {"attack": attack.name, **{k: v for k, v in jsonable(cfg).items() if k not in _POISON_FIXED}}
 
     def _resolve_train(self, config: dict[str, Any]) -> dict[str, Any]:
         from poisonclip.train.presets import DEFAULT_PRESET
@@ -229,7 +215,7 @@ class PoisonclipStages:
             cfg = TrainConfig.from_preset(preset, data="-", out="-", **config)
         except (TypeError, ValueError) as e:
             raise UserError(f"sweep spec: train: {e}") from None
-        return {k: v for k, v in _plain(cfg).items() if k not in _TRAIN_FIXED}
+        return {k: v for k, v in jsonable(cfg).items() if k not in _TRAIN_FIXED}
 
     def _resolve_eval(self, config: dict[str, Any]) -> dict[str, Any]:
         from poisonclip.evaluate.api import EvalConfig
@@ -238,7 +224,7 @@ class PoisonclipStages:
         if fixed:
             raise UserError(f"sweep spec: eval: {fixed} are set by the sweep for each trial; remove them")
         cfg = _build(EvalConfig, "eval", config, data=Path("."), out=Path("."))
-        return {k: v for k, v in _plain(cfg).items() if k not in _EVAL_PATHS}
+        return {k: v for k, v in jsonable(cfg).items() if k not in _EVAL_PATHS}
 
     # --- run -----------------------------------------------------------------------------
     def corpus(self, config: Mapping[str, Any], out: Path) -> dict[str, Any]:
