@@ -381,6 +381,15 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
     return sweep, trials
 
 
+def count_done(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = None) -> tuple[int, int]:
+    """(trials of ``spec``, how many of them ``out`` already holds finished), writing nothing:
+    what a progress view needs before the run starts."""
+    stages = stages or load_stages(spec.stages)
+    trials = expand(spec, stages.resolve, getattr(stages, "link", None))
+    sweep = SweepDir(Path(out).resolve())
+    return len(trials), sum(trial_state(sweep, t) is State.done for t in trials)
+
+
 def link_cache(sweep: SweepDir, cache: Path) -> None:
     """Point ``sweep``'s cache at a shared folder; refuse to replace a cache it already has."""
     target = cache.resolve()
