@@ -19,10 +19,12 @@ from typing import Any, Callable, Mapping
 
 from poisonclip.errors import UserError
 from poisonclip.experiments.runner import EventSink, Outcome, Runner, SweepResult, no_events, run_sweep
-from poisonclip.experiments.spec import SEED_AXIS, SweepSpec, load_spec, parse_spec
+from poisonclip.experiments.spec import SEED_AXIS, SweepSpec, load_spec, parse_spec, read_spec_name
+from poisonclip.experiments.store import SPEC_FILE
 from poisonclip.report.sweep_report import SUMMARY_JSON, build_report
 
 SPECS = {False: "demo.yaml", True: "demo-quick.yaml"}
+NAMES = ("demo", "demo-quick")   # the packaged specs' names: a demo folder may hold either in turn
 MIN_TRAIN = 100
 
 
@@ -74,9 +76,14 @@ def run_demo(spec: SweepSpec, out: str | Path, on_event: EventSink = no_events, 
     """Run (or resume) the demo in ``out`` and write ``out/report.html`` and
     ``out/summary.json``. A finished step is reused; a changed setting builds what it
     changes (the artefacts are keyed by their configs), so the folder can be rerun with other
-    options, or hold the quick and the full demo in turn."""
+    options, or hold the quick and the full demo in turn (the other one's results table moves
+    to ``previous/``, its artefacts stay and are reused where they match). A folder of any
+    other sweep is refused."""
     t0 = time.perf_counter()
     out = Path(out).absolute()
+    owner = read_spec_name(out / SPEC_FILE)
+    if owner is not None and owner != spec.name and owner not in NAMES:
+        raise UserError(f"{out}: holds the sweep {owner!r}, not a demo; give the demo a folder of its own")
     result = run_sweep(spec, out, runner, on_event, rerun_changed=True, force=True, note=note)
     report = build_report(out, out)
     summary = report.summary if report.summary is not None else {}
