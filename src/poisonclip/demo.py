@@ -28,6 +28,14 @@ NAMES = ("demo", "demo-quick")   # the packaged specs' names: a demo folder may 
 MIN_TRAIN = 100
 
 
+class SettingError(UserError):
+    """A demo setting out of range; ``setting`` names it, so a front end can name its own option."""
+
+    def __init__(self, setting: str, value: int, minimum: int):
+        self.setting, self.value, self.minimum = setting, value, minimum
+        super().__init__(f"demo: {setting} must be at least {minimum}, got {value}")
+
+
 def spec_file(quick: bool = False) -> Path:
     """The packaged spec of the demo (``quick``: the test-sized one)."""
     return Path(str(resources.files("poisonclip") / "specs" / SPECS[quick]))
@@ -38,12 +46,9 @@ def demo_spec(quick: bool = False, seeds: int = 1, epochs: int | None = None, n_
     """The demo's spec with seeds 0..seeds-1 in every sub-grid, and the training epochs and
     the corpus' training size replaced where given. ``raw``: start from this spec data
     instead of the packaged one (tests shrink the demo this way)."""
-    if seeds < 1:
-        raise UserError(f"demo: seeds must be at least 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise UserError(f"demo: epochs must be at least 1, got {epochs}")
-    if n_train is not None and n_train < MIN_TRAIN:
-        raise UserError(f"demo: corpus.n_train must be at least {MIN_TRAIN} training samples, got {n_train}")
+    for setting, value, minimum in (("seeds", seeds, 1), ("epochs", epochs, 1), ("n_train", n_train, MIN_TRAIN)):
+        if value is not None and value < minimum:
+            raise SettingError(setting, value, minimum)
     source = spec_file(quick)
     data = dict(raw) if raw is not None else load_spec(source).to_dict()
     grids = data.get("grid") or [{}]
@@ -90,4 +95,4 @@ def run_demo(spec: SweepSpec, out: str | Path, on_event: EventSink = no_events, 
     return DemoResult(out, result, summary, report.html, time.perf_counter() - t0)
 
 
-__all__ = ["DemoResult", "SUMMARY_JSON", "demo_spec", "run_demo", "spec_file"]
+__all__ = ["DemoResult", "SUMMARY_JSON", "SettingError", "demo_spec", "run_demo", "spec_file"]

@@ -30,7 +30,10 @@ def _small_demo(seeds: int) -> object:
     return demo_spec(quick=True, seeds=seeds, raw=raw)
 
 
-def test_each_seed_poisons_anew_and_evaluates_with_its_seed_on_the_probe_split(tmp_path, monkeypatch):
+@pytest.fixture
+def stub_stages(monkeypatch):
+    """Training and evaluation replaced by stubs at the library functions the sweep's stages
+    call: (the TrainConfigs trained, the EvalConfigs evaluated)."""
     import poisonclip.evaluate.api as api
     import poisonclip.train.run as run
 
@@ -56,6 +59,11 @@ def test_each_seed_poisons_anew_and_evaluates_with_its_seed_on_the_probe_split(t
 
     monkeypatch.setattr(run, "train", fake_train)
     monkeypatch.setattr(api, "evaluate", fake_evaluate)
+    return trained, evals
+
+
+def test_each_seed_poisons_anew_and_evaluates_with_its_seed_on_the_probe_split(tmp_path, stub_stages):
+    trained, evals = stub_stages
     out = tmp_path / "d"
     res = run_demo(_small_demo(seeds=2), out)
     assert res.failed == [] and res.report == out / "report.html" and (out / "summary.json").is_file()
@@ -154,3 +162,22 @@ def test_rows_that_share_a_seed_are_not_pairs():
     twice = pd.concat([df, df.assign(trial=df["trial"] + "-again")])
     assert accuracy_test(twice)["test"] == "welch_t"
     assert accuracy_test(df)["test"] == "paired_t"
+
+
+def test_the_command_prints_the_table_and_the_accuracy_tests(tmp_path, stub_stages):
+    from typer.testing import CliRunner
+
+    from poisonclip.cli import app
+
+    out = tmp_path / "d"
+    r = CliRunner().invoke(app, ["demo", "--quick", "--n", "400", "--epochs", "1", "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    for piece in ("demo demo-quick: 2 trials (1 seed(s) x 2 attacks), 0 already done", "clean model", "backdoored",
+                  "targeted-poisoned", "clean accuracy, backdoor vs clean", "clean accuracy, targeted vs clean",
+                  "report:", "total time"):
+        assert piece in text, piece
+    assert text.count("83.3%") >= 3   # clean zero-shot top-1 of each model (the stubs score 50/60)
+    assert json.loads((out / "summary.json").read_text())["config"]["corpus"]["n_train"] == 400
+    again = CliRunner().invoke(app, ["demo", "--quick", "--n", "400", "--epochs", "1", "--out", str(out), "--quiet"])
+    assert again.exit_code == 0 and "2 already done" in " ".join(again.output.split())

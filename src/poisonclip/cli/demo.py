@@ -13,6 +13,7 @@ from rich.table import Table
 from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
+_FLAGS = {"seeds": "--seeds", "epochs": "--epochs", "n_train": "--n"}
 # What each of a trial's stages does, as the demo tells it.
 _STAGES = {"corpus": "corpus", "poison": "poisoned dataset", "train": "train the poisoned model",
            "train-clean": "train the clean model of this seed", "eval": "evaluate the poisoned model",
@@ -28,18 +29,15 @@ def demo(
     quiet: Annotated[bool, typer.Option(help="No live progress bar.")] = False,
 ) -> None:
     """Generate the corpus, poison it two ways, train clean and poisoned models, measure, report."""
-    from poisonclip.demo import MIN_TRAIN, demo_spec, run_demo
+    from poisonclip.demo import SettingError, demo_spec, run_demo
     from poisonclip.experiments.progress import SweepProgress
     from poisonclip.experiments.runner import Event, count_done
     from poisonclip.report.aggregate import column_name, format_cell, is_percent
 
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {epochs}")
-    if n is not None and n < MIN_TRAIN:
-        raise UserError(f"--n must be at least {MIN_TRAIN} training samples, got {n}")
-    spec = demo_spec(quick, seeds, epochs, n)
+    try:
+        spec = demo_spec(quick, seeds, epochs, n)
+    except SettingError as e:
+        raise UserError(f"{_FLAGS[e.setting]} must be at least {e.minimum}, got {e.value}") from None
     out = out or Path("runs") / spec.name
     n_trials, n_done = count_done(spec, out)
     console.print(f"demo [bold]{spec.name}[/]: {n_trials} trials ({seeds} seed(s) x {len(spec.grids)} attacks), "

@@ -303,7 +303,7 @@ def _figure3(sweep: SweepDir, df: Any, poisons: str, add_figure: Any) -> None:
                              row.get(f"{who}.sim_triggered_as_trained_mean"))
         ax = F.similarity_histogram(clean_h, trig_h, title=f"{title}: with and without the trigger")
         add_figure("fig3_similarity" if who == "poisoned" else "fig3_similarity_clean", ax,
-                   f"{title.capitalize()} of trial {name}: pairwise cosine similarity of clean test images and of "
+                   f"{title.capitalize()} (trial {name}): pairwise cosine similarity of clean test images and of "
                    "the same images with the trigger (as trained), with the normal fit to the clean pairs "
                    "(Fig. 3, right).")
     curve_of = "clean" if arrays["clean"] else "poisoned"
@@ -313,8 +313,8 @@ def _figure3(sweep: SweepDir, df: Any, poisons: str, add_figure: Any) -> None:
                                 title=f"{'clean' if curve_of == 'clean' else 'poisoned'} model: similarity "
                                       "predicts the label")
         add_figure("fig3_same_label", ax,
-                   f"The {'clean' if curve_of == 'clean' else 'backdoored'} model of trial {name}: fraction of "
-                   "test-image pairs with the same true label per similarity bin (Fig. 3, left).")
+                   f"{'Clean model, same seed' if curve_of == 'clean' else 'Backdoored model'} (trial {name}): "
+                   "fraction of test-image pairs with the same true label per similarity bin (Fig. 3, left).")
 
 
 # --- clean vs each attack (report.table: attacks; the demo's page) ---------------------------
@@ -375,9 +375,12 @@ def _attack_intro(done: Sequence[Trial], df: Any, attacks: Sequence[str], attack
     first = done[0].config
     corpus, train = first["corpus"], first["train"]
     if "n_train" in corpus:
-        data = (f"the embedded corpus ({corpus['n_train']} captioned images, {corpus.get('n_test')} labelled "
-                f"test images, {corpus.get('n_probe')} labelled images of its own to train the linear probe, "
-                f"{corpus.get('resolution')}px)")
+        sizes = [f"{corpus[k]} {what}" for k, what in (
+            ("n_train", "captioned images"), ("n_test", "labelled test images"),
+            ("n_probe", "labelled images of its own to train the linear probe")) if corpus.get(k) is not None]
+        if corpus.get("resolution"):
+            sizes.append(f"{corpus['resolution']}px")
+        data = f"the embedded corpus ({', '.join(sizes)})"
     else:
         data = "the given corpus"
     seeds = df[SEED_AXIS].nunique() if SEED_AXIS in df.columns else 1
