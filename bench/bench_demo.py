@@ -5,7 +5,7 @@
 
 Runs the demo (``poisonclip demo --seeds N``: the packaged spec through the sweep engine),
 timing each stage of each trial as it runs, then prints the numbers of every seed, the time
-per stage, and for each figure the mean and spread over seeds and whether the target is met:
+per stage (of this run, and the recorded build time of every cached artefact), and for each figure the mean and spread over seeds and whether the target is met:
 whole demo <= 10 min per seed on 2 cores (goal 5), clean zero-shot >= 80%, backdoor ASR
 (corner) >= 90%, z-score >= 3, clean accuracy within 3 points of the clean model, and a
 majority of targets hit by the targeted model while the clean model hits (almost) none.
@@ -85,6 +85,13 @@ def main() -> None:
     for stage, secs in per_stage.items():
         print(f"  {stage:<12} {len(secs)} x, total {sum(secs):7.1f} s, mean {np.mean(secs):6.1f} s, "
               f"max {max(secs):6.1f} s")
+    built: dict[str, list[float]] = defaultdict(list)   # what each cached artefact took when it was made
+    for marker in (res.out / "cache").glob("*/*.json"):
+        info = json.loads(marker.read_text())
+        built[info["kind"]].append(float(info.get("built_s", 0.0)))
+    print("build time of the shared artefacts (recorded when each was made, also in earlier runs):")
+    for kind, secs in built.items():
+        print(f"  {kind:<12} {len(secs)} x, total {sum(secs):7.1f} s, mean {np.mean(secs):6.1f} s")
     trained = [s for s in (*bd.get("model.wall_time_s", []), *tg.get("model.wall_time_s", []),
                            *bd.get("clean_model.wall_time_s", [])) if s == s]
     if trained:
