@@ -181,7 +181,8 @@ def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep",
         grids_raw = [grids_raw]
     if not isinstance(grids_raw, list) or not grids_raw:
         raise UserError(f"{source}: grid: must be a mapping (field -> list of values) or a list of such mappings")
-    parsed = [_parse_grid(g, source, i if len(grids_raw) > 1 else None) for i, g in enumerate(grids_raw)]
+    parsed = [_parse_grid(g, source, i if len(grids_raw) > 1 else None, tuple(seed_fields))
+              for i, g in enumerate(grids_raw)]
     grids = tuple(axes for axes, _ in parsed)
     grid_bases = tuple(gb for _, gb in parsed) if any(gb for _, gb in parsed) else ()
 
@@ -262,7 +263,7 @@ def _check_path(axis: str, source: str, where: str) -> None:
                         f"'<stage>.<field>' with stage one of {list(STAGES)} (e.g. poison.n_poisons)")
 
 
-def _parse_grid(grid: Any, source: str, index: int | None
+def _parse_grid(grid: Any, source: str, index: int | None, seed_fields: tuple[str, ...] = DEFAULT_SEED_FIELDS
                 ) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], dict[str, dict[str, Any]]]:
     """(axes, the sub-grid's own base settings)."""
     where = "grid" if index is None else f"grid[{index}]"
@@ -283,10 +284,11 @@ def _parse_grid(grid: Any, source: str, index: int | None
                                 f"booleans), got {json.dumps(v, default=str)}")
         if len({json.dumps(v) for v in values}) != len(values):
             raise UserError(f"{source}: {where}.{axis}: repeated values {values}; list each once")
-        stage, _, field_path = axis.partition(".")
-        if field_path.split(".")[0] in grid_base.get(stage, {}):
-            raise UserError(f"{source}: {where}: '{axis}' is both an axis and set in {where}.{GRID_BASE}; "
-                            "give it in one place")
+        for path in (seed_fields if axis == SEED_AXIS else (axis,)):   # the seed axis sets each seed field
+            stage, _, field_path = path.partition(".")
+            if field_path.split(".")[0] in grid_base.get(stage, {}):
+                raise UserError(f"{source}: {where}: '{path}' is both set by the axis '{axis}' and in "
+                                f"{where}.{GRID_BASE}; give it in one place")
         axes.append((axis, tuple(values)))
     return tuple(axes), grid_base
 
