@@ -164,16 +164,19 @@ def test_rows_that_share_a_seed_are_not_pairs():
     assert accuracy_test(df)["test"] == "paired_t"
 
 
-def test_the_command_prints_the_table_and_the_accuracy_tests(tmp_path, stub_stages):
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_command_prints_the_table_and_the_accuracy_tests(tmp_path, stub_stages, quiet):
     from typer.testing import CliRunner
 
     from poisonclip.cli import app
 
     out = tmp_path / "d"
-    r = CliRunner().invoke(app, ["demo", "--quick", "--n", "400", "--epochs", "1", "--out", str(out), "--quiet"])
+    r = CliRunner().invoke(app, ["demo", "--quick", "--n", "400", "--epochs", "1", "--out", str(out),
+                                 *(["--quiet"] if quiet else [])])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
-    for piece in ("demo demo-quick: 2 trials (1 seed(s) x 2 attacks), 0 already done", "clean model", "backdoored",
+    for piece in ("demo demo-quick: 2 trials (1 seed(s) x 2 attacks), 0 already done",
+                  "» attack=targeted__seed=0: clean model of this seed", "clean model", "backdoored",
                   "targeted-poisoned", "clean accuracy, backdoor vs clean", "clean accuracy, targeted vs clean",
                   "report:", "total time"):
         assert piece in text, piece

@@ -14,10 +14,10 @@ from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
 
 _FLAGS = {"seeds": "--seeds", "epochs": "--epochs", "n_train": "--n"}
-# What each of a trial's stages does, as the demo tells it.
-_STAGES = {"corpus": "corpus", "poison": "poisoned dataset", "train": "train the poisoned model",
-           "train-clean": "train the clean model of this seed", "eval": "evaluate the poisoned model",
-           "eval-clean": "evaluate the clean model against these poisons"}
+# Each of a trial's stages, as the demo tells it (an artefact already built is reused at once).
+_STAGES = {"corpus": "corpus", "poison": "poisoned dataset", "train": "poisoned model",
+           "train-clean": "clean model of this seed (one for every attack)",
+           "eval": "evaluating the poisoned model", "eval-clean": "evaluating the clean model against these poisons"}
 
 
 def demo(
