@@ -5,11 +5,12 @@
 
 Runs the demo (``poisonclip demo --seeds N``: the packaged spec through the sweep engine),
 timing each stage of each trial as it runs, then prints the numbers of every seed, the time
-per stage (of this run, and the recorded build time of every cached artefact), and for each figure the mean and spread over seeds and whether the target is met:
-whole demo <= 10 min per seed on 2 cores (goal 5), clean zero-shot >= 80%, backdoor ASR
-(corner) >= 90%, z-score >= 3, clean accuracy within 3 points of the clean model, and a
-majority of targets hit by the targeted model while the clean model hits (almost) none.
-Stages whose artefact was already in ``--out`` take no time: use a fresh folder to time them.
+per stage (of this run, and the recorded build time of every cached artefact), and for each
+figure the mean and spread over seeds and whether the target is met: whole demo <= 10 min
+per seed on 2 cores (goal 5), clean zero-shot >= 80%, backdoor ASR (corner) >= 90%, z-score
+>= 3, clean accuracy within 3 points of the clean model, and a majority of targets hit by the
+targeted model while the clean model hits (almost) none. Stages whose artefact was already
+in ``--out`` take no time in this run: use a fresh folder to time them.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def main() -> None:
     print(f"\nseeds: {args.seeds}; wall time {wall / 60:.1f} min in all, {wall / 60 / args.seeds:.1f} min per seed"
           f" ({res.sweep.already_done} trial(s) were done before)")
     print("\nper seed (zero-shot; backdoor: trigger as trained):")
-    head = ("seed", "clean top1", "bd top1", "tg top1", "ASR bd", "ASR clean", "z bd", "z clean", "hits tg", "hits clean")
+    head = ("seed", "clean top1", "bd top1", "tg top1", "ASR bd", "ASR clean", "z bd", "z clean", "hits tg",
+            "hits clean")
     print("".join(f"{h:>11}" for h in head))
     for seed in sorted(set(bd.index) | set(tg.index)):
         b, t = bd.loc[seed] if seed in bd.index else {}, tg.loc[seed] if seed in tg.index else {}

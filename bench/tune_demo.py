@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in summary["rows"]:
             print(f"{row['metric']:<48}" + "".join(f"{format_cell(row.get(c), is_percent(row['metric'])):>34}"
                                                    for c in cols))
-        print("training s (all seeds): " + ", ".join(f"{column_name(k)} {v:.0f}" for k, v in summary["train_s"].items()))
+        print("training s (all seeds): "
+              + ", ".join(f"{column_name(k)} {v:.0f}" for k, v in summary["train_s"].items()))
     if any(o.state == "failed" for o in result.outcomes):
         sys.exit(1)
 

@@ -36,7 +36,7 @@ from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
 from poisonclip.experiments.stages import Stages, load_stages
-from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, LOCK_FILE,
+from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, EVAL_DIRS, LOCK_FILE,
                                           METRICS_FILE, SPEC_FILE, START_FILE, SWEEP_LOCK_FILE,
                                           TRIALS_DIR, TRIALS_FILE, ResultsStore, State, SweepDir,
                                           read_json, trial_state)
@@ -180,10 +180,10 @@ def _stages_of_trial(sweep: SweepDir, trial: Trial, stages: Stages,
                                             {"config": cfg["train"], "data": keys.corpus})
         metrics["clean_model"] = clean_info["info"]
     stage_event("eval")
-    metrics["poisoned"] = _evaluate(stages, cfg["eval"], model, corpus, poison, folder / "eval")
+    metrics["poisoned"] = _evaluate(stages, cfg["eval"], model, corpus, poison, folder / EVAL_DIRS["poisoned"])
     if trial.baseline:
         stage_event("eval-clean")
-        metrics["clean"] = _evaluate(stages, cfg["eval"], clean, corpus, poison, folder / "clean_eval")
+        metrics["clean"] = _evaluate(stages, cfg["eval"], clean, corpus, poison, folder / EVAL_DIRS["clean"])
     return metrics
 
 

@@ -34,7 +34,7 @@ import yaml
 from poisonclip.errors import UserError
 from poisonclip.experiments.spec import SEED_AXIS
 from poisonclip.experiments.stages import read_similarities
-from poisonclip.experiments.store import SPEC_FILE, ResultsStore, SweepDir
+from poisonclip.experiments.store import EVAL_DIRS, SPEC_FILE, ResultsStore, SweepDir
 from poisonclip.experiments.trials import Trial
 from poisonclip.io_utils import atomic_write_json, atomic_write_text
 from poisonclip.report import aggregate as A
@@ -52,7 +52,6 @@ AXES = {
 N_PARAMS = "model.n_params"
 HEAD = A.HEAD
 SUMMARY_JSON = "summary.json"   # the clean-vs-attack table (report.table: attacks)
-EVAL_DIRS = {"poisoned": "eval", "clean": "clean_eval"}   # a trial's evaluations (experiments.runner)
 
 
 @dataclass
