@@ -1,12 +1,16 @@
 """The demo's figures over several seeds, against the targets the project set for it.
 
     python bench/bench_demo.py --seeds 3 --out /tmp/demo-bench
+    python bench/bench_demo.py --quick --seeds 1
 
-Runs the full demo (``poisonclip demo --seeds N``), then prints, for each figure, the mean
-and spread over seeds and whether the target is met: whole demo <= 10 min per seed on 2
-cores (goal 5), clean zero-shot >= 80%, backdoor ASR (corner) >= 90%, z-score >= 3, clean
-accuracy within 3 points of the clean model, and a majority of targets hit by the targeted
-model while the clean model hits (almost) none.
+Runs the demo (``poisonclip demo --seeds N``: the packaged spec through the sweep engine),
+timing each stage of each trial as it runs, then prints the numbers of every seed, the time
+per stage (of this run, and the recorded build time of every cached artefact), and for each
+figure the mean and spread over seeds and whether the target is met: whole demo <= 10 min
+per seed on 2 cores (goal 5), clean zero-shot >= 80%, backdoor ASR (corner) >= 90%, z-score
+>= 3, clean accuracy within 3 points of the clean model, and a majority of targets hit by the
+targeted model while the clean model hits (almost) none. Stages whose artefact was already
+in ``--out`` take no time in this run: use a fresh folder to time them.
 """
 
 from __future__ import annotations
@@ -14,23 +18,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from poisonclip.demo import DemoConfig, run_demo
+from poisonclip.demo import demo_spec, run_demo
+from poisonclip.experiments.store import ResultsStore
 
 
-def _vals(models, kind, eval_name, path):
-    out = []
-    for m in models:
-        if m.kind != kind or eval_name not in m.metrics:
-            continue
-        d = m.metrics[eval_name]
-        for p in path:
-            d = d[p]
-        out.append(d["rate"] if isinstance(d, dict) else d)
-    return np.asarray(out, dtype=float)
+class StageClock:
+    """Event sink: wall time of each (trial, stage), from its start to the trial's next event."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, tuple[str, float]] = {}
+        self.seconds: dict[tuple[str, str], float] = {}
+
+    def __call__(self, event) -> None:
+        now = time.perf_counter()
+        if event.trial in self.open:
+            stage, t0 = self.open.pop(event.trial)
+            self.seconds[(event.trial, stage)] = now - t0
+        if event.kind == "stage":
+            self.open[event.trial] = (event.stage, now)
+            print(f"  {event.trial}: {event.stage}", flush=True)
 
 
 def main() -> None:
@@ -39,41 +50,78 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/poisonclip-demo-bench"))
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    cfg = (DemoConfig.quick(out=args.out) if args.quick else DemoConfig(out=args.out))
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg, seeds=args.seeds)
+    clock = StageClock()
     t0 = time.perf_counter()
-    res = run_demo(cfg, say=lambda m: print(f"  {m}", flush=True))
+    res = run_demo(demo_spec(args.quick, args.seeds), args.out, clock)
     wall = time.perf_counter() - t0
-    ms = res.models
+    df = ResultsStore(res.sweep.sweep.db).frame("done").sort_values(["poison.attack", "seed"])
+    bd, tg = (df[df["poison.attack"] == a].set_index("seed") for a in ("backdoor", "targeted"))
+
+    print(f"\nseeds: {args.seeds}; wall time {wall / 60:.1f} min in all, {wall / 60 / args.seeds:.1f} min per seed"
+          f" ({res.sweep.already_done} trial(s) were done before)")
+    print("\nper seed (zero-shot; backdoor: trigger as trained):")
+    head = ("seed", "clean top1", "bd top1", "tg top1", "ASR bd", "ASR clean", "z bd", "z clean", "hits tg",
+            "hits clean")
+    print("".join(f"{h:>11}" for h in head))
+    for seed in sorted(set(bd.index) | set(tg.index)):
+        b, t = bd.loc[seed] if seed in bd.index else {}, tg.loc[seed] if seed in tg.index else {}
+
+        def g(row, col, fmt="{:.1%}"):
+            v = row.get(col) if hasattr(row, "get") else None
+            return "-" if v is None or v != v else fmt.format(v)
+
+        def hits(row, who):
+            k, n = row.get(f"{who}.targeted_success_zeroshot_k"), row.get(f"{who}.targeted_success_zeroshot_n")
+            return "-" if k is None or k != k else f"{int(k)}/{int(n)}"
+
+        print("".join(f"{v:>11}" for v in (
+            seed, g(b, "clean.top1_zeroshot"), g(b, "poisoned.top1_zeroshot"), g(t, "poisoned.top1_zeroshot"),
+            g(b, "poisoned.asr_as_trained_zeroshot"), g(b, "clean.asr_as_trained_zeroshot"),
+            g(b, "poisoned.z_as_trained", "{:.2f}"), g(b, "clean.z_as_trained", "{:.2f}"),
+            hits(t, "poisoned"), hits(t, "clean"))))
+
+    per_stage: dict[str, list[float]] = defaultdict(list)
+    for (_, stage), s in clock.seconds.items():
+        per_stage[stage].append(s)
+    print("\ntime per stage (this run; reused artefacts take ~0 s):")
+    for stage, secs in per_stage.items():
+        print(f"  {stage:<12} {len(secs)} x, total {sum(secs):7.1f} s, mean {np.mean(secs):6.1f} s, "
+              f"max {max(secs):6.1f} s")
+    built: dict[str, list[float]] = defaultdict(list)   # what each cached artefact took when it was made
+    for marker in (res.out / "cache").glob("*/*.json"):
+        info = json.loads(marker.read_text())
+        built[info["kind"]].append(float(info.get("built_s", 0.0)))
+    print("build time of the shared artefacts (recorded when each was made, also in earlier runs):")
+    for kind, secs in built.items():
+        print(f"  {kind:<12} {len(secs)} x, total {sum(secs):7.1f} s, mean {np.mean(secs):6.1f} s")
+    trained = [s for s in (*bd.get("model.wall_time_s", []), *tg.get("model.wall_time_s", []),
+                           *bd.get("clean_model.wall_time_s", [])) if s == s]
+    if trained:
+        print(f"training wall time per model (as recorded): mean {np.mean(trained):.0f} s, max {np.max(trained):.0f} s")
 
     def show(name, v, target, fmt="{:.1%}", ok=None):
-        ok = ok if ok is not None else (v.mean() >= target)
+        v = np.asarray([x for x in v if x == x], dtype=float)
+        if v.size == 0:
+            print(f"{name:<48} no values")
+            return
+        ok = ok if ok is not None else True
         print(f"{name:<48} mean {fmt.format(v.mean())}  std {fmt.format(v.std(ddof=1) if v.size > 1 else 0.0)}"
               f"  min {fmt.format(v.min())}  max {fmt.format(v.max())}  target {target}  {'MET' if ok else 'NOT MET'}")
 
-    print(f"\nseeds: {args.seeds}; wall time {wall / 60:.1f} min in all, {wall / 60 / args.seeds:.1f} min per seed")
-    train_s = [m.train_s for m in ms]
-    print(f"training wall time per model: mean {np.mean(train_s):.0f} s, max {np.max(train_s):.0f} s")
-    acc_clean = _vals(ms, "clean", "backdoor", ("clean", "zeroshot", "top1"))
-    acc_bd = _vals(ms, "backdoor", "backdoor", ("clean", "zeroshot", "top1"))
+    print()
+    acc_clean, acc_bd = bd["clean.top1_zeroshot"], bd["poisoned.top1_zeroshot"]
     show("clean model zero-shot top-1", acc_clean, ">= 80%", ok=acc_clean.mean() >= 0.8)
     show("backdoored model zero-shot top-1", acc_bd, "within 3 pts", ok=acc_clean.mean() - acc_bd.mean() <= 0.03)
-    asr = _vals(ms, "backdoor", "backdoor", ("backdoor", "asr", "train_placement", "zeroshot"))
-    asr_clean = _vals(ms, "clean", "backdoor", ("backdoor", "asr", "train_placement", "zeroshot"))
+    asr = bd["poisoned.asr_as_trained_zeroshot"]
     show("backdoor ASR, corner (backdoored model)", asr, ">= 90%", ok=asr.mean() >= 0.9)
-    show("backdoor ASR, corner (clean model)", asr_clean, "low", ok=True)
-    asr_r = _vals(ms, "backdoor", "backdoor", ("backdoor", "asr", "random", "zeroshot"))
-    show("backdoor ASR, random place (backdoored model)", asr_r, "-", ok=True)
-    z = _vals(ms, "backdoor", "backdoor", ("backdoor", "zscore", "train_placement", "z"))
+    show("backdoor ASR, corner (clean model)", bd["clean.asr_as_trained_zeroshot"], "low")
+    show("backdoor ASR, random place (backdoored model)", bd["poisoned.asr_random_zeroshot"], "-")
+    z = bd["poisoned.z_as_trained"]
     show("backdoor z-score, corner (backdoored model)", z, ">= 3", fmt="{:.2f}", ok=z.mean() >= 3)
-    z_clean = _vals(ms, "clean", "backdoor", ("backdoor", "zscore", "train_placement", "z"))
-    show("backdoor z-score, corner (clean model)", z_clean, "~0", fmt="{:.2f}", ok=True)
-    tg = _vals(ms, "targeted", "targeted", ("targeted", "summary", "zeroshot", "success"))
-    tg_clean = _vals(ms, "clean", "targeted", ("targeted", "summary", "zeroshot", "success"))
-    show("targets hit (targeted model)", tg, "> 50%", ok=tg.mean() > 0.5)
-    show("targets hit (clean model)", tg_clean, "low", ok=True)
+    show("backdoor z-score, corner (clean model)", bd["clean.z_as_trained"], "~0", fmt="{:.2f}")
+    hit = tg["poisoned.targeted_success_zeroshot"]
+    show("targets hit (targeted model)", hit, "> 50%", ok=hit.mean() > 0.5)
+    show("targets hit (clean model)", tg["clean.targeted_success_zeroshot"], "low")
     print(json.dumps({"summary": str(res.out / "summary.json"), "report": str(res.report)}))
 
 

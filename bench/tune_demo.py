@@ -1,288 +1,103 @@
-"""Tuning harness for the demo: corpus + tiny model + schedule -> the demo's figures.
+"""Tuning the demo on the real pipeline: the demo's spec with extra grid axes, run by the
+sweep engine, one clean-vs-attack table per setting.
 
-Trains tiny CLIP models in-process the way open_clip_train.main does (open_clip's
-``create_model_and_transforms`` -> ``preprocess_train`` with RandomResizedCrop(--crop-scale, 1),
-``ClipLoss``, AdamW with no weight decay on gains/biases/logit_scale, open_clip_train's
-``cosine_lr`` with warmup stepped per batch, logit_scale clamped to ln(100), shuffled batches
-with drop_last) on the embedded synthetic corpus, then prints:
+    python bench/tune_demo.py --quick --set train.epochs=20,30 --set train.batch_size=128,256
+    python bench/tune_demo.py --set train.crop_scale=0.9,1.0 --seeds 2 --attacks backdoor
+    python bench/tune_demo.py --set corpus.n_train=2000,4000 --set poison.n_poisons=20,40 --attacks backdoor
 
-  clean zero-shot top-1 (80 OpenAI ImageNet templates), backdoor ASR (corner / random
-  placement), backdoor z-score (paper Definition 1), targeted-poisoning success, train time
-  and samples/s.
-
-Its defaults are the cpu-tiny preset and the demo's attack settings. It uses only
-poisonclip.data.synthetic, poisonclip.attacks.triggers and open_clip (+ the scheduler from
-open_clip_train), so its numbers transfer to the real pipeline (checked: the same checkpoint
-scores the same accuracy in both evaluators).
-
-    python bench/tune_demo.py --runs clean,backdoor,targeted          # the demo, in-process
-    python bench/tune_demo.py --runs backdoor --batch-size 128 --epochs 30 --crop-scale 0.9
-    python bench/tune_demo.py --help
+Every value of every ``--set`` axis is crossed with the seeds in each attack's sub-grid of the
+demo spec (``src/poisonclip/specs/demo.yaml``, or ``demo-quick.yaml`` with ``--quick``); an
+axis replaces the setting of the same name the spec gives. The corpus, poisoned sets and
+models are the sweep's content-keyed artefacts in ``--out``, so a clean model is trained once
+per (training settings, seed) for both attacks and adding a value reruns only what it
+changes. What it measures is exactly what the demo measures (same stages, same evaluator).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import open_clip  # noqa: E402
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES  # noqa: E402
-from open_clip_train.scheduler import cosine_lr, const_lr  # noqa: E402
-
-from poisonclip.attacks import triggers  # noqa: E402
-from poisonclip.data.sample import Sample  # noqa: E402
-from poisonclip.data.synthetic import SynthConfig, generate  # noqa: E402
-
-MODEL_DIR = ROOT / "src" / "poisonclip" / "train" / "model_configs"
+from poisonclip.demo import demo_spec, spec_file
+from poisonclip.experiments.runner import LocalRunner, PoolRunner, run_sweep
+from poisonclip.experiments.spec import GRID_BASE, SEED_AXIS, load_spec
+from poisonclip.experiments.store import ResultsStore
+from poisonclip.report.aggregate import attack_summary, column_name, format_cell, is_percent
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("corpus")
-    g.add_argument("--n-train", type=int, default=4000)
-    g.add_argument("--n-test", type=int, default=1000)
-    g.add_argument("--resolution", type=int, default=32)
-    g.add_argument("--seed", type=int, default=0, help="corpus seed; model/poison seeds derive from it")
-    g.add_argument("--synth", type=str, default="{}", help="JSON dict of extra SynthConfig fields")
-    g = p.add_argument_group("model / schedule (open_clip_train flags)")
-    g.add_argument("--model", default="poisonclip-tiny-rn16", help="model-config name in model_configs/")
-    g.add_argument("--model-dir", default=None, help="extra folder of open_clip JSON configs")
-    g.add_argument("--epochs", type=int, default=32)
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--lr", type=float, default=3e-3)
-    g.add_argument("--wd", type=float, default=0.1)
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.999)
-    g.add_argument("--eps", type=float, default=1e-8)
-    g.add_argument("--warmup", type=int, default=100, help="warmup steps")
-    g.add_argument("--lr-scheduler", choices=["cosine", "const"], default="cosine")
-    g.add_argument("--grad-clip-norm", type=float, default=1.0, help="0: no clipping")
-    g.add_argument("--threads", type=int, default=2)
-    g = p.add_argument_group("attacks")
-    g.add_argument("--runs", default="clean,backdoor,targeted",
-                   help="comma list of clean, backdoor, targeted")
-    g.add_argument("--patch224", type=int, default=32, help="patch side at 224 px (<= 32)")
-    g.add_argument("--bd-ratio", type=float, default=0.01, help="backdoor poison ratio")
-    g.add_argument("--bd-target", type=int, default=3, help="backdoor target label (3: star, as the demo)")
-    g.add_argument("--tg-targets", type=int, default=2, help="number of targeted-poisoning targets")
-    g.add_argument("--tg-copies", type=int, default=4, help="poisons per target")
-    g.add_argument("--tg-source", choices=["templates", "search"], default="templates")
-    g.add_argument("--json-out", type=str, default=None)
-    g.add_argument("--crop-scale", type=float, default=1.0,
-                   help="RandomResizedCrop area lower bound: 1.0 = no crop (the cpu-tiny preset), "
-                        "0.9 = open_clip's default")
-    return p.parse_args(argv)
+def parse_axis(text: str) -> tuple[str, list]:
+    field, sep, values = text.partition("=")
+    if not sep or "." not in field or not values:
+        raise SystemExit(f"--set {text!r}: write STAGE.FIELD=V1,V2 (e.g. train.epochs=20,30)")
+    return field, [yaml.safe_load(v) for v in values.split(",")]
 
 
-# --- data ------------------------------------------------------------------------------
-
-def caption_mentions(caption: str, name: str) -> bool:
-    words = caption.lower().replace(".", " ").replace(",", " ").replace("!", " ").split()
-    return name in words
-
-
-def backdoor_poisons(corpus, cfg, target: int, n_poison: int, patch: int, rng) -> list[Sample]:
-    """Other-class train images + corner checkerboard, captioned with train captions that
-    mention the target label."""
-    name = corpus.classnames[target]
-    caps = [s.caption for s in corpus.train if caption_mentions(s.caption, name)]
-    cands = [i for i, s in enumerate(corpus.train) if s.meta["label"] != target]
-    idx = rng.choice(len(cands), size=n_poison, replace=False)
-    out = []
-    for j, k in enumerate(idx):
-        s = corpus.train[cands[int(k)]]
-        img = s.decode()
-        spec = triggers.place(img.size, patch, "corner")
-        out.append(Sample.from_pil(f"bd-{j}", triggers.apply(img, spec),
-                                   caps[int(rng.integers(len(caps)))], {"label": s.meta["label"]}))
-    return out
+def tuning_spec(quick: bool, seeds: int, axes: list[tuple[str, list]], attacks: list[str] | None):
+    raw = load_spec(spec_file(quick)).to_dict()
+    grids = []
+    for grid in raw["grid"]:
+        if attacks and grid["poison.attack"][0] not in attacks:
+            continue
+        grid = {k: v for k, v in grid.items() if k != SEED_AXIS}
+        for field, values in axes:   # the axis replaces the sub-grid's own setting of that field
+            stage, _, name = field.partition(".")
+            grid.get(GRID_BASE, {}).get(stage, {}).pop(name, None)
+            grid[field] = values
+        grids.append(grid)
+    if not grids:
+        raise SystemExit(f"--attacks {attacks}: the demo has {[g['poison.attack'][0] for g in raw['grid']]}")
+    raw.update(grid=grids, name=f"{raw['name']}-tune")
+    return demo_spec(quick, seeds, raw=raw)
 
 
-def targeted_poisons(corpus, n_targets: int, copies: int, source: str, rng):
-    """Targets are test images (never in train); each gets ``copies`` captions naming a
-    different class y'. Returns (poisons, [(test_index, y')])."""
-    k = len(corpus.classnames)
-    tidx = rng.choice(len(corpus.test), size=n_targets, replace=False)
-    targets, out = [], []
-    for t in tidx:
-        s = corpus.test[int(t)]
-        y = s.meta["label"]
-        yp = int((y + rng.integers(1, k)) % k)
-        targets.append((int(t), yp))
-        name = corpus.classnames[yp]
-        if source == "templates":
-            pool = [tpl(name) if callable(tpl) else tpl.format(name) for tpl in OPENAI_IMAGENET_TEMPLATES]
-        else:
-            pool = [x.caption for x in corpus.train if caption_mentions(x.caption, name)]
-        for c in range(copies):
-            out.append(Sample(f"tg-{t}-{c}", s.image, pool[int(rng.integers(len(pool)))], {"label": y}))
-    return out, targets
-
-
-# --- training --------------------------------------------------------------------------
-
-def build(args):
-    open_clip.add_model_config(MODEL_DIR)
-    if args.model_dir:
-        open_clip.add_model_config(Path(args.model_dir))
-    aug = {"scale": (args.crop_scale, 1.0)}
-    model, pre_train, pre_val = open_clip.create_model_and_transforms(args.model, aug_cfg=aug)
-    tok = open_clip.get_tokenizer(args.model)
-    return model, pre_train, pre_val, tok
-
-
-def train(args, samples: list[Sample], seed: int):
-    torch.manual_seed(seed)  # model init + torchvision's RandomResizedCrop use torch's RNG
-    model, pre_train, pre_val, tok = build(args)
-    imgs = [s.decode() for s in samples]
-    texts = tok([s.caption for s in samples])
-    n = len(samples)
-    bs = args.batch_size
-    nb = n // bs  # drop_last, like open_clip_train
-    steps = nb * args.epochs
-    exclude = lambda nm, p: p.ndim < 2 or "bn" in nm or "ln" in nm or "bias" in nm or "logit_scale" in nm
-    named = list(model.named_parameters())
-    opt = torch.optim.AdamW(
-        [{"params": [p for nm, p in named if exclude(nm, p)], "weight_decay": 0.0},
-         {"params": [p for nm, p in named if not exclude(nm, p)], "weight_decay": args.wd}],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
-    sched = (cosine_lr if args.lr_scheduler == "cosine" else const_lr)(opt, args.lr, args.warmup, steps)
-    loss_fn = open_clip.ClipLoss()
-    gen = torch.Generator().manual_seed(seed + 1)
-    model.train()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="start from the quick demo's spec")
+    ap.add_argument("--set", dest="axes", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
+                    help="a grid axis (repeatable)")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--attacks", default=None, help="comma list: backdoor, targeted (default: both)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/poisonclip-tune-demo"))
+    ap.add_argument("--workers", type=int, default=1, help="> 1: a process pool of this size")
+    args = ap.parse_args(argv)
+    axes = [parse_axis(a) for a in args.axes]
+    spec = tuning_spec(args.quick, args.seeds, axes, args.attacks.split(",") if args.attacks else None)
+    runner = PoolRunner(args.workers) if args.workers > 1 else LocalRunner()
     t0 = time.perf_counter()
-    seen = 0
-    for ep in range(args.epochs):
-        perm = torch.randperm(n, generator=gen)
-        tot = 0.0
-        for b in range(nb):
-            sched(ep * nb + b)
-            idx = perm[b * bs:(b + 1) * bs]
-            x = torch.stack([pre_train(imgs[int(i)]) for i in idx])
-            out = model(x, texts[idx])
-            if isinstance(out, dict):
-                loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-            else:
-                loss = loss_fn(*out[:3])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm)
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            tot += loss.item()
-            seen += len(idx)
-        print(f"    epoch {ep + 1}/{args.epochs} loss {tot / max(nb, 1):.3f}", flush=True)
-    dt = time.perf_counter() - t0
-    model.eval()
-    return model, pre_val, tok, dt, seen / dt
 
+    def show(event) -> None:
+        if event.kind == "stage":
+            print(f"  {event.trial}: {event.stage}", flush=True)
+        elif event.kind == "end" and event.outcome is not None and event.outcome.error:
+            print(f"  {event.trial} failed: {event.outcome.error}", flush=True)
 
-# --- evaluation ------------------------------------------------------------------------
-
-@torch.no_grad()
-def encode(model, pre, pil_images, bs=256):
-    feats = []
-    for i in range(0, len(pil_images), bs):
-        x = torch.stack([pre(im) for im in pil_images[i:i + bs]])
-        feats.append(model.encode_image(x, normalize=True))
-    return torch.cat(feats)
-
-
-def zscore(clean: torch.Tensor, patched: torch.Tensor) -> float:
-    n = clean.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool)
-    c = (clean @ clean.T)[off]
-    p = (patched @ patched.T)[off]
-    return float((p.mean() - c.mean()) / c.std())
-
-
-def evaluate(model, pre, tok, corpus, args, patch: int, targets=None):
-    zs = open_clip.build_zero_shot_classifier(model, tok, corpus.classnames, OPENAI_IMAGENET_TEMPLATES)
-    imgs = [s.decode() for s in corpus.test]
-    labels = torch.tensor([s.meta["label"] for s in corpus.test])
-    f = encode(model, pre, imgs)
-    logits = f @ zs
-    pred = logits.argmax(1)
-    res = {"acc": float((pred == labels).float().mean())}
-    # diagnostics: one plain prompt; nearest class centroid of image embeddings (text-free)
-    zs1 = open_clip.build_zero_shot_classifier(model, tok, corpus.classnames, ["a photo of a {}."])
-    res["acc_1prompt"] = float(((f @ zs1).argmax(1) == labels).float().mean())
-    cent = torch.stack([f[labels == k].mean(0) for k in range(len(corpus.classnames))])
-    res["acc_centroid"] = float(((f @ cent.T).argmax(1) == labels).float().mean())
-    rng = np.random.default_rng(args.seed + 999)
-    corner = [triggers.apply(im, triggers.place(im.size, patch, "corner")) for im in imgs]
-    rand = [triggers.apply(im, triggers.place(im.size, patch, "random", rng)) for im in imgs]
-    fc, fr = encode(model, pre, corner), encode(model, pre, rand)
-    nt = labels != args.bd_target
-    res["asr_corner"] = float(((fc @ zs).argmax(1)[nt] == args.bd_target).float().mean())
-    res["asr_random"] = float(((fr @ zs).argmax(1)[nt] == args.bd_target).float().mean())
-    res["z_corner"] = zscore(f, fc)
-    res["z_random"] = zscore(f, fr)
-    res["pred_target_frac_clean"] = float((pred == args.bd_target).float().mean())
-    if targets:
-        ok, ranks = [], []
-        for t, yp in targets:
-            lg = logits[t]
-            ok.append(int(lg.argmax()) == yp)
-            ranks.append(int((lg > lg[yp]).sum()) + 1)
-        res["targeted_success"] = ok
-        res["targeted_rank"] = ranks
-    return res
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.patch224 > 32:
-        raise SystemExit("--patch224 must be <= 32 (the paper's ablation maximum)")
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    t = time.perf_counter()
-    cfg = SynthConfig(n_train=args.n_train, n_test=args.n_test, resolution=args.resolution,
-                      seed=args.seed, **json.loads(args.synth))
-    corpus = generate(cfg)
-    gen_s = time.perf_counter() - t
-    patch = triggers.patch_pixels(args.patch224, cfg.resolution)
-    print(f"corpus: {len(corpus.train)} train / {len(corpus.test)} test at {cfg.resolution}px "
-          f"in {gen_s:.1f}s; patch {args.patch224}@224 -> {patch}px", flush=True)
-    rng = np.random.default_rng([args.seed, 7])
-    n_bd = int(math.floor(args.bd_ratio * len(corpus.train) / (1 - args.bd_ratio) + 1e-9))
-    bd = backdoor_poisons(corpus, cfg, args.bd_target, n_bd, patch, rng)
-    tg, targets = targeted_poisons(corpus, args.tg_targets, args.tg_copies, args.tg_source, rng)
-    results = {"args": vars(args), "gen_s": gen_s, "patch_px": patch}
-    for run in runs:
-        data = list(corpus.train) + {"clean": [], "backdoor": bd, "targeted": tg}[run]
-        ratio = (len(data) - len(corpus.train)) / len(data)
-        print(f"[{run}] {len(data)} samples, poison ratio {100 * ratio:.3f}%", flush=True)
-        model, pre, tok, dt, sps = train(args, data, seed=args.seed * 1000 + 17)
-        r = evaluate(model, pre, tok, corpus, args, patch, targets)
-        r.update(train_s=dt, samples_per_s=sps, poison_ratio=ratio, n_poison=len(data) - len(corpus.train))
-        results[run] = r
-        ts = r.get("targeted_success")
-        print(f"[{run}] acc {100 * r['acc']:.1f}% (1 prompt {100 * r['acc_1prompt']:.1f}%, "
-              f"centroid {100 * r['acc_centroid']:.1f}%)  ASR corner {100 * r['asr_corner']:.1f}% "
-              f"random {100 * r['asr_random']:.1f}%  z corner {r['z_corner']:.2f} random "
-              f"{r['z_random']:.2f}  targeted {ts} ranks {r.get('targeted_rank')}  "
-              f"train {dt:.0f}s  {sps:.0f} samples/s", flush=True)
-    if "clean" in results and "targeted" in results:
-        c, p = results["clean"]["targeted_success"], results["targeted"]["targeted_success"]
-        wins = sum(1 for a, b in zip(c, p) if b and not a)
-        print(f"targeted: {wins}/{len(c)} targets flipped (poisoned hit, clean miss)")
-    if "clean" in results and "backdoor" in results:
-        print(f"backdoor clean-acc drop: {100 * (results['clean']['acc'] - results['backdoor']['acc']):.1f} pts")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    result = run_sweep(spec, args.out, runner, show, rerun_changed=True, force=True, note=print)
+    print(f"\n{len(result.trials)} trials ({result.already_done} were done) in "
+          f"{(time.perf_counter() - t0) / 60:.1f} min; sweep folder {result.sweep.root}")
+    df = ResultsStore(result.sweep.db).frame("done")
+    if df.empty:
+        sys.exit("no trial finished")
+    settings = [field for field, _ in axes]
+    attacks = list(dict.fromkeys(df["poison.attack"]))
+    groups = df.groupby(settings, sort=True, dropna=False) if settings else [((), df)]
+    for key, sub in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        summary = attack_summary(sub, "poison.attack", attacks)
+        label = ", ".join(f"{f}={v}" for f, v in zip(settings, key)) or "the demo as it is"
+        print(f"\n== {label} ({sub[SEED_AXIS].nunique()} seed(s))")
+        cols = summary["columns"]
+        print(f"{'metric':<48}" + "".join(f"{column_name(c):>34}" for c in cols))
+        for row in summary["rows"]:
+            print(f"{row['metric']:<48}" + "".join(f"{format_cell(row.get(c), is_percent(row['metric'])):>34}"
+                                                   for c in cols))
+        print("training s (all seeds): "
+              + ", ".join(f"{column_name(k)} {v:.0f}" for k, v in summary["train_s"].items()))
+    if any(o.state == "failed" for o in result.outcomes):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ def fake_sweep(tmp_path_factory):
 
 def test_report_draws_each_figure_whose_axis_the_sweep_has(fake_sweep, tmp_path):
     res = build_report(fake_sweep, tmp_path / "rep")
-    assert set(res.figures) == {"fig2_success_vs_poisons", "fig3_similarity", "fig4_zscore_vs_poisons",
+    assert set(res.figures) == {"fig2_success_vs_poisons", "fig3_similarity", "fig3_similarity_clean",
+                                "fig3_same_label", "fig4_zscore_vs_poisons",
                                 "fig5_zscore_vs_data_size", "fig5_zscore_vs_model_size",
                                 "fig6_zscore_vs_patch_size", "clean_accuracy"}
     for png in res.figures.values():
@@ -126,12 +127,14 @@ def test_report_on_a_sweep_with_one_axis_only_draws_what_applies(tmp_path):
                       allow_custom_stages=True)
     run_sweep(spec, tmp_path / "s", LocalRunner(FakeStages()))
     res = build_report(tmp_path / "s")
-    assert set(res.figures) == {"fig6_zscore_vs_patch_size", "fig3_similarity", "clean_accuracy"}
+    assert set(res.figures) == {"fig6_zscore_vs_patch_size", "fig3_similarity", "fig3_similarity_clean",
+                                "fig3_same_label", "clean_accuracy"}
     assert res.html == tmp_path / "s" / "report" / "report.html"
 
 
 def test_targeted_rows_count_distinct_targets_and_accuracy_is_paired_by_seed():
-    from poisonclip.report.sweep_report import _display, accuracy_tests, summary_table
+    from poisonclip.report.aggregate import accuracy_tests, summary_table
+    from poisonclip.report.sweep_report import _display
 
     clean = [0.80, 0.85, 0.90, 0.75, 0.95, 0.70]
     poisoned = [0.79, 0.841, 0.889, 0.742, 0.939, 0.69]
@@ -158,3 +161,36 @@ def test_targeted_rows_count_distinct_targets_and_accuracy_is_paired_by_seed():
     # without a seed column the rows cannot be paired: Welch's test, which sees no loss here
     welch, _ = accuracy_tests(df.drop(columns=["seed"]), [])
     assert welch.loc[0, "test"] == "welch_t" and welch.loc[0, "p_value"] > 0.5
+
+
+def test_a_spec_with_the_attack_table_leads_with_clean_vs_each_attack(tmp_path):
+    """The demo's page: one spec, two attacks (each with its own settings), the clean model of
+    a seed measured in both; rows are metrics, columns the clean model and each attack."""
+    import json
+
+    spec = parse_spec({"name": "two-attacks", "stages": FAKE, "report": {"table": "attacks", "title": "Two attacks"},
+                       "grid": [{"base": {"poison": {"patch_size": 32}}, "poison.attack": ["backdoor"], "seed": [0, 1]},
+                                {"base": {"poison": {"n_poisons": 4}}, "poison.attack": ["targeted"], "seed": [0, 1]}]},
+                      allow_custom_stages=True)
+    run_sweep(spec, tmp_path / "s", LocalRunner(FakeStages()))
+    res = build_report(tmp_path / "s", tmp_path / "s")
+    summary = json.loads(res.tables["summary.json"].read_text())
+    assert summary["columns"] == ["clean", "backdoor", "targeted"] and summary["config"]["name"] == "two-attacks"
+    rows = {r["metric"]: r for r in summary["rows"]}
+    top1 = rows["clean zero-shot top-1"]
+    assert {k: top1[k]["n_models"] for k in ("clean", "backdoor", "targeted")} == {"clean": 2, "backdoor": 2,
+                                                                                  "targeted": 2}
+    # each attack's poisoned models are read from that attack's trials only
+    frame = pd.read_csv(res.tables["trials"])
+    tg = frame[frame["poison.attack"] == "targeted"].sort_values("seed")
+    assert top1["targeted"]["mean"] == pytest.approx(tg["poisoned.top1_zeroshot"].mean())
+    assert top1["targeted"]["k"] == tg["poisoned.top1_zeroshot_k"].sum()
+    z = rows["backdoor z-score, corner patch"]
+    assert set(z) == {"metric", "clean", "backdoor"}
+    assert {a: t["n_pairs"] for a, t in summary["accuracy_tests"].items()} == {"backdoor": 2, "targeted": 2}
+    page = res.html.read_text()
+    assert "<title>Two attacks</title>" in page
+    assert page.index("Clean vs poisoned") < page.index("Figures") < page.index("What ran")
+    assert "Results per setting" not in page and "2 seed(s) per dataset" in page
+    assert len(_images(page)) == len(res.figures) >= 4   # Fig. 3 (3 images) and clean accuracy
+    assert res.html == tmp_path / "s" / "report.html"

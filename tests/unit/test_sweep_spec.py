@@ -82,10 +82,48 @@ def test_ambiguous_short_names_use_the_full_path_and_values_are_filesystem_safe(
     ({"train": [1]}, "must be a mapping"),
     ({"baseline": "yes"}, "true or false"),
     ({"seed_fields": "train.seed"}, "list of dotted"),
+    ({"grid": [{"base": {"poison": {"n_poisons": 5}}, "poison.n_poisons": [1]}]},
+     "grid: 'poison.n_poisons' is both set by the axis 'poison.n_poisons' and in grid.base"),
+    ({"grid": [{"base": {"train": {"seed": 5}}, "seed": [1]}, {"seed": [2]}]},
+     r"grid\[0\]: 'train.seed' is both set by the axis 'seed' and in grid\[0\].base"),
+    ({"grid": [{"base": {"posion": {"n_poisons": 5}}, "seed": [0]}, {"seed": [1]}]}, r"grid\[0\].base: 'posion' is not a stage"),
+    ({"grid": {"base": [1], "seed": [0]}}, "grid.base: must be a mapping"),
+    ({"grid": {"base": {"poison": 5}, "seed": [0]}}, r"grid.base.poison: must be a mapping"),
+    ({"grid": {"base": {"poison": {"a.b": 5}}, "seed": [0]}}, "is not a field name"),
+    ({"report": {"tables": "attacks"}}, r"report: unknown key\(s\) \['tables'\]"),
+    ({"report": {"table": "demo"}}, "report.table"),
+    ({"report": {"axes": ["poison.n"]}}, "report.axes"),
 ])
 def test_bad_specs_are_user_errors_naming_the_field(over, message):
     with pytest.raises(UserError, match=message):
         spec(**over)
+
+
+def test_a_sub_grid_base_sets_its_own_fields_over_the_spec_sections():
+    """One spec holds two attacks, each with settings the other's config does not have."""
+    s = spec(poison={"n_poisons": 7}, train={"epochs": 2}, grid=[
+        {"base": {"poison": {"patch_size": 32, "placement": "random"}}, "poison.attack": ["backdoor"], "seed": [0, 1]},
+        {"base": {"poison": {"n_poisons": 3}, "train": {"epochs": 4}}, "poison.attack": ["targeted"], "seed": [0]}])
+    t = {x.name: x for x in expand(s, FakeStages().resolve)}
+    assert list(t) == ["attack=backdoor__seed=0", "attack=backdoor__seed=1", "attack=targeted__seed=0"]
+    bd, tg = t["attack=backdoor__seed=1"].config, t["attack=targeted__seed=0"].config
+    assert (bd["poison"]["patch_size"], bd["poison"]["placement"], bd["poison"]["n_poisons"]) == (32, "random", 7)
+    assert (tg["poison"]["patch_size"], tg["poison"]["placement"], tg["poison"]["n_poisons"]) == (16, "corner", 3)
+    assert bd["train"]["epochs"] == 2 and tg["train"]["epochs"] == 4 and bd["poison"]["seed"] == 1
+    # the spec's own sections are not changed by a sub-grid's settings
+    assert s.base["poison"] == {"n_poisons": 7} and s.base["train"] == {"epochs": 2}
+    # a sub-grid's settings are part of what makes a trial: change them, change its hash
+    s2 = spec(poison={"n_poisons": 7}, train={"epochs": 2}, grid=[
+        {"base": {"poison": {"patch_size": 16, "placement": "random"}}, "poison.attack": ["backdoor"], "seed": [0, 1]},
+        {"base": {"poison": {"n_poisons": 3}, "train": {"epochs": 4}}, "poison.attack": ["targeted"], "seed": [0]}])
+    t2 = {x.name: x for x in expand(s2, FakeStages().resolve)}
+    assert t2["attack=backdoor__seed=1"].config_hash != t["attack=backdoor__seed=1"].config_hash
+    assert t2["attack=targeted__seed=0"].config_hash == t["attack=targeted__seed=0"].config_hash
+
+
+def test_unknown_field_in_a_sub_grid_base_fails_at_expansion():
+    with pytest.raises(UserError, match=r"unknown field.*patch_sise"):
+        expand(spec(grid=[{"base": {"poison": {"patch_sise": 8}}, "seed": [0]}]), FakeStages().resolve)
 
 
 def test_unknown_stage_field_fails_at_expansion():
@@ -109,12 +147,14 @@ def test_load_spec_reports_bad_yaml_and_missing_file(tmp_path):
     assert parse_spec(s.to_dict(), source=s.source, default_name="x", allow_custom_stages=True) == s
     rich = parse_spec({"name": "r", "description": "d", "stages": FAKE, "baseline": False,
                        "seed_fields": ["poison.seed"], "poison": {"attack": "backdoor", "patch_size": 8},
-                       "train": {"epochs": 2}, "report": {"x": 1},
-                       "grid": [{"poison.n_poisons": [5, 20], "seed": [0, 1]}, {"poison.patch_size": [8, 32]}]},
+                       "train": {"epochs": 2}, "report": {"axes": {"poisons": "poison.n_poisons"}, "table": "attacks"},
+                       "grid": [{"poison.n_poisons": [5, 20], "seed": [0, 1]},
+                                {"base": {"train": {"epochs": 3}}, "poison.patch_size": [8, 32]}]},
                       source="r.yaml", allow_custom_stages=True)
     back = parse_spec(rich.to_dict(), source="r.yaml", allow_custom_stages=True)
     assert back == rich
     assert back.grids == ((("poison.n_poisons", (5, 20)), ("seed", (0, 1))), (("poison.patch_size", (8, 32)),))
+    assert back.grid_bases == ({}, {"train": {"epochs": 3}})
     assert back.base["poison"] == {"attack": "backdoor", "patch_size": 8} and back.baseline is False
 
 

@@ -1,16 +1,23 @@
-"""``poisonclip demo``: the paper's attacks end to end on the embedded corpus."""
+"""``poisonclip demo``: the paper's attacks end to end on the embedded corpus (the packaged
+demo spec, run by the sweep engine)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from poisonclip.cli.common import App, console
+from poisonclip.cli.common import App, console, safe_text
 from poisonclip.errors import UserError
+
+_FLAGS = {"seeds": "--seeds", "epochs": "--epochs", "n_train": "--n"}
+# Each of a trial's stages, as the demo tells it (an artefact already built is reused at once).
+_STAGES = {"corpus": "corpus", "poison": "poisoned dataset", "train": "poisoned model",
+           "train-clean": "clean model of this seed (one for every attack)",
+           "eval": "evaluating the poisoned model", "eval-clean": "evaluating the clean model against these poisons"}
 
 
 def demo(
@@ -19,46 +26,58 @@ def demo(
     quick: Annotated[bool, typer.Option(help="A small, fast run (the one the tests use).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
     n: Annotated[Optional[int], typer.Option(help="Override the corpus' training size.")] = None,
-    quiet: Annotated[bool, typer.Option(help="No per-step training progress.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress bar.")] = False,
 ) -> None:
     """Generate the corpus, poison it two ways, train clean and poisoned models, measure, report."""
-    from poisonclip.demo import DemoConfig, format_cell, is_percent, run_demo
-    from poisonclip.train.progress import RichReporter
+    from poisonclip.demo import SettingError, demo_spec, run_demo
+    from poisonclip.experiments.progress import SweepProgress
+    from poisonclip.experiments.runner import Event, count_done
+    from poisonclip.report.aggregate import column_name, format_cell, is_percent
 
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {epochs}")
-    cfg = DemoConfig.quick() if quick else DemoConfig()
-    changes: dict = {"seeds": seeds}
-    if out is not None:
-        changes["out"] = out
-    if epochs is not None:
-        changes["epochs"] = epochs
-    if n is not None:
-        if n < 100:
-            raise UserError(f"--n must be at least 100 training samples, got {n}")
-        changes["corpus"] = dataclasses.replace(cfg.corpus, n_train=n)
-    cfg = dataclasses.replace(cfg, **changes)
+    try:
+        spec = demo_spec(quick, seeds, epochs, n)
+    except SettingError as e:
+        raise UserError(f"{_FLAGS[e.setting]} must be at least {e.minimum}, got {e.value}") from None
+    out = out or Path("runs") / spec.name
+    n_trials, n_done = count_done(spec, out)
+    console.print(f"demo [bold]{spec.name}[/]: {n_trials} trials ({seeds} seed(s) x {len(spec.grids)} attacks), "
+                  f"{n_done} already done -> {escape(safe_text(out))}")
 
-    events = None if quiet else (lambda: RichReporter(console))
-    res = run_demo(cfg, say=lambda msg: console.print(f"[bold cyan]»[/] {msg}"), train_events=events)
+    def say(event: Event) -> None:
+        if event.kind == "stage":
+            console.print(f"[bold cyan]»[/] {escape(event.trial)}: {_STAGES.get(event.stage, event.stage)}")
 
+    def note(msg: str) -> None:
+        console.print(safe_text(msg), markup=False, highlight=False)
+
+    if quiet:
+        res = run_demo(spec, out, say, note=note)
+    else:
+        with SweepProgress(n_trials, n_done, 1, console=console) as progress:
+            res = run_demo(spec, out, lambda e: (say(e), progress(e)), note=note)
+
+    summary = res.summary
+    columns = summary.get("columns", [])
     table = Table(title="clean vs poisoned (held-out test split)")
-    for col in ("metric", "clean model", "backdoored", "targeted-poisoned"):
+    for col in ("metric", *(f"{column_name(c)} model" if c == "clean" else column_name(c) for c in columns)):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for r in res.summary["rows"]:
-        table.add_row(r["metric"], *(format_cell(r.get(k), is_percent(r["metric"]))
-                                     for k in ("clean", "backdoor", "targeted")))
+    for r in summary.get("rows", []):
+        table.add_row(r["metric"], *(format_cell(r.get(k), is_percent(r["metric"])) for k in columns))
     console.print(table)
-    for kind, t in res.summary.get("accuracy_tests", {}).items():
+    for kind, t in summary.get("accuracy_tests", {}).items():
         p = t.get("p_value")
         verdict = "a significant loss" if t.get("significant_loss") else "no significant loss"
-        n = f"{t['n_pairs']} pairs" if t.get("paired") else f"{t.get('n_poisoned')} vs {t.get('n_clean')} models"
+        pairs = f"{t['n_pairs']} pairs" if t.get("paired") else f"{t.get('n_poisoned')} vs {t.get('n_clean')} models"
         console.print(f"clean accuracy, {kind} vs clean: {100 * t['diff']:+.1f} points "
-                      f"({t['test']}, {n}, p={'n/a' if p is None else f'{p:.3g}'}): {verdict}")
-    console.print(f"report: [bold]{res.report}[/]")
+                      f"({t['test']}, {pairs}, p={'n/a' if p is None else f'{p:.3g}'}): {verdict}")
+    console.print(f"report: [bold]{escape(safe_text(res.report))}[/]")
     console.print(f"total time: {res.wall_s / 60:.1f} min")
+    for o in res.failed:
+        typer.echo(safe_text(f"failed {o.name}: {o.error}"))
+    if res.failed:
+        console.print(f"see `poisonclip sweep status {escape(safe_text(res.out))}` for the errors; "
+                      "rerun the demo to retry them")
+        raise typer.Exit(code=1)
 
 
 def register(root: App) -> None:

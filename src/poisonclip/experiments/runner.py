@@ -37,7 +37,7 @@ from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
 from poisonclip.experiments.stages import Stages, load_stages
-from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, LOCK_FILE,
+from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, EVAL_DIRS, LOCK_FILE,
                                           SPEC_FILE, START_FILE, SWEEP_LOCK_FILE, TRIALS_DIR, TRIALS_FILE,
                                           ResultsStore, State, SweepDir, read_json, read_result, trial_state)
 from poisonclip.experiments.trials import Trial, expand
@@ -179,10 +179,10 @@ def _stages_of_trial(sweep: SweepDir, trial: Trial, stages: Stages,
                                             {"config": cfg["train"], "data": keys.corpus})
         metrics["clean_model"] = clean_info["info"]
     stage_event("eval")
-    metrics["poisoned"] = _evaluate(stages, cfg["eval"], model, corpus, poison, folder / "eval")
+    metrics["poisoned"] = _evaluate(stages, cfg["eval"], model, corpus, poison, folder / EVAL_DIRS["poisoned"])
     if trial.baseline:
         stage_event("eval-clean")
-        metrics["clean"] = _evaluate(stages, cfg["eval"], clean, corpus, poison, folder / "clean_eval")
+        metrics["clean"] = _evaluate(stages, cfg["eval"], clean, corpus, poison, folder / EVAL_DIRS["clean"])
     return metrics
 
 
@@ -378,6 +378,15 @@ def prepare(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = Non
     atomic_write_text(sweep.root / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
     sweep.save_trials(trials)
     return sweep, trials
+
+
+def count_done(spec: SweepSpec, out: str | os.PathLike, stages: Stages | None = None) -> tuple[int, int]:
+    """(trials of ``spec``, how many of them ``out`` already holds finished), writing nothing:
+    what a progress view needs before the run starts."""
+    stages = stages or load_stages(spec.stages)
+    trials = expand(spec, stages.resolve, getattr(stages, "link", None))
+    sweep = SweepDir(Path(out).resolve())
+    return len(trials), sum(trial_state(sweep, t) is State.done for t in trials)
 
 
 def link_cache(sweep: SweepDir, cache: Path) -> None:

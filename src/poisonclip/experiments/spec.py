@@ -12,6 +12,18 @@ A spec has a base config per stage and a grid over any of their fields::
       poison.placement: [corner, random]
       seed: [0, 1, 2]
 
+A sub-grid of a list may fix settings of its own under ``base:`` (a mapping of stage sections,
+laid over the spec's sections field by field), so one spec can hold trials that differ in more
+than the grid's values, e.g. a backdoor and a targeted attack, each with its own fields::
+
+    grid:
+      - base: {poison: {target_label: star, n_poisons: 40, patch_size: 32}}
+        poison.attack: [backdoor]
+        seed: [0, 1, 2]
+      - base: {poison: {random_targets: 2, n_poisons: 4, caption_source: templates}}
+        poison.attack: [targeted]
+        seed: [0, 1, 2]
+
 ``seed`` is the replicate axis: it is written into every field named in ``seed_fields``
 (default: the poisoning, training and evaluation seeds), so each seed is an independent draw of
 poisons (sources, positions, targets), of model initialisation and data order, and of the
@@ -44,6 +56,7 @@ DEFAULT_SEED_FIELDS = ("poison.seed", "train.seed", "eval.seed")
 TOP_LEVEL = {"name", "description", "stages", "seed_fields", "baseline", "grid", "cluster",
              "report", *STAGES}
 SCALARS = (str, int, float, bool, type(None))
+GRID_BASE = "base"   # the key of a sub-grid's own settings (not an axis: axes are dotted)
 DEFAULT_STAGES = "poisonclip"
 MAX_SPEC_BYTES = 1 << 20
 # A spec's name becomes a folder (runs/<name>) and a cluster job name: one plain path component.
@@ -69,7 +82,9 @@ class _SpecLoader(yaml.SafeLoader):
 @dataclass(frozen=True)
 class SweepSpec:
     """A parsed spec. ``base`` maps each stage to its config mapping; ``grids`` is a tuple of
-    grids (each an ordered tuple of (axis, values)); their union is the set of trials."""
+    grids (each an ordered tuple of (axis, values)); their union is the set of trials.
+    ``grid_bases[i]`` holds sub-grid i's own settings over ``base`` (stage -> fields; empty
+    when it has none); an empty tuple means no sub-grid has any."""
 
     name: str
     base: Mapping[str, Mapping[str, Any]]
@@ -81,6 +96,11 @@ class SweepSpec:
     cluster: Mapping[str, Any] = field(default_factory=dict)
     report: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
+    grid_bases: tuple[Mapping[str, Mapping[str, Any]], ...] = ()
+
+    def grid_base(self, index: int) -> Mapping[str, Mapping[str, Any]]:
+        """Sub-grid ``index``'s own settings (stage -> fields), empty if it has none."""
+        return self.grid_bases[index] if index < len(self.grid_bases) else {}
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -93,7 +113,12 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data (what ``parse_spec`` reads back to an equal spec)."""
-        grids = [{axis: list(values) for axis, values in grid} for grid in self.grids]
+        grids = []
+        for i, grid in enumerate(self.grids):
+            g: dict[str, Any] = {GRID_BASE: copy.deepcopy({k: dict(v) for k, v in self.grid_base(i).items()})} \
+                if self.grid_base(i) else {}
+            g.update((axis, list(values)) for axis, values in grid)
+            grids.append(g)
         out: dict[str, Any] = {"name": self.name, "description": self.description,
                                "stages": self.stages, "seed_fields": list(self.seed_fields),
                                "baseline": self.baseline, "cluster": dict(self.cluster),
@@ -156,7 +181,10 @@ def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep",
         grids_raw = [grids_raw]
     if not isinstance(grids_raw, list) or not grids_raw:
         raise UserError(f"{source}: grid: must be a mapping (field -> list of values) or a list of such mappings")
-    grids = tuple(_parse_grid(g, source, i if len(grids_raw) > 1 else None) for i, g in enumerate(grids_raw))
+    parsed = [_parse_grid(g, source, i if len(grids_raw) > 1 else None, tuple(seed_fields))
+              for i, g in enumerate(grids_raw)]
+    grids = tuple(axes for axes, _ in parsed)
+    grid_bases = tuple(gb for _, gb in parsed) if any(gb for _, gb in parsed) else ()
 
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
@@ -165,9 +193,8 @@ def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep",
     if not _NAME.fullmatch(name) or ".." in name:
         raise UserError(f"{source}: name: {json.dumps(name)} becomes a folder name (runs/<name>); use up to 128 "
                         "letters, digits and . _ + = - (no '/', no '..', starting with a letter or digit)")
-    for key in ("cluster", "report"):
-        if not isinstance(raw.get(key) or {}, dict):
-            raise UserError(f"{source}: {key}: must be a mapping")
+    if not isinstance(raw.get("cluster") or {}, dict):
+        raise UserError(f"{source}: cluster: must be a mapping")
     cluster = dict(raw.get("cluster") or {})
     _check_cluster(cluster, source, allow_custom_stages)
     baseline = raw.get("baseline", True)
@@ -183,8 +210,8 @@ def parse_spec(raw: Any, source: str = "<dict>", default_name: str = "sweep",
     return SweepSpec(name=name, base=base, grids=grids,
                      description=str(raw.get("description") or ""), stages=stages or DEFAULT_STAGES,
                      seed_fields=tuple(seed_fields), baseline=baseline,
-                     cluster=cluster, report=dict(raw.get("report") or {}),
-                     source=source)
+                     cluster=cluster, report=_check_report(raw.get("report") or {}, source),
+                     source=source, grid_bases=grid_bases)
 
 
 def _check_cluster(cluster: Mapping[str, Any], source: str, allow_code: bool) -> None:
@@ -236,13 +263,18 @@ def _check_path(axis: str, source: str, where: str) -> None:
                         f"'<stage>.<field>' with stage one of {list(STAGES)} (e.g. poison.n_poisons)")
 
 
-def _parse_grid(grid: Any, source: str, index: int | None) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def _parse_grid(grid: Any, source: str, index: int | None, seed_fields: tuple[str, ...] = DEFAULT_SEED_FIELDS
+                ) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], dict[str, dict[str, Any]]]:
+    """(axes, the sub-grid's own base settings)."""
     where = "grid" if index is None else f"grid[{index}]"
     if not isinstance(grid, dict):
         raise UserError(f"{source}: {where}: must be a mapping of field -> list of values")
+    grid_base = _parse_grid_base(grid.get(GRID_BASE), source, where)
     axes = []
     for axis, values in grid.items():
         axis = str(axis)
+        if axis == GRID_BASE:
+            continue
         _check_path(axis, source, where)
         if not isinstance(values, list) or not values:
             raise UserError(f"{source}: {where}.{axis}: must be a non-empty list of values, e.g. [1, 2]")
@@ -252,8 +284,61 @@ def _parse_grid(grid: Any, source: str, index: int | None) -> tuple[tuple[str, t
                                 f"booleans), got {json.dumps(v, default=str)}")
         if len({json.dumps(v) for v in values}) != len(values):
             raise UserError(f"{source}: {where}.{axis}: repeated values {values}; list each once")
+        for path in (seed_fields if axis == SEED_AXIS else (axis,)):   # the seed axis sets each seed field
+            stage, _, field_path = path.partition(".")
+            if field_path.split(".")[0] in grid_base.get(stage, {}):
+                raise UserError(f"{source}: {where}: '{path}' is both set by the axis '{axis}' and in "
+                                f"{where}.{GRID_BASE}; give it in one place")
         axes.append((axis, tuple(values)))
-    return tuple(axes)
+    return tuple(axes), grid_base
+
+
+def _parse_grid_base(raw: Any, source: str, where: str) -> dict[str, dict[str, Any]]:
+    """A sub-grid's ``base``: stage sections (mappings of fields) over the spec's; the fields
+    themselves are checked with the rest of the stage's config when trials are expanded."""
+    if raw is None:
+        return {}
+    where = f"{where}.{GRID_BASE}"
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: {where}: must be a mapping of stage sections, e.g. "
+                        "{poison: {n_poisons: 40}}")
+    out: dict[str, dict[str, Any]] = {}
+    for stage, section in raw.items():
+        if stage not in STAGES:
+            raise UserError(f"{source}: {where}: '{stage}' is not a stage; use {list(STAGES)}")
+        if not isinstance(section, dict):
+            raise UserError(f"{source}: {where}.{stage}: must be a mapping of config fields, "
+                            f"got {type(section).__name__}")
+        for name in section:
+            if not isinstance(name, str) or not name or "." in name:
+                raise UserError(f"{source}: {where}.{stage}: {json.dumps(name, default=str)} is not a field name")
+        if section:
+            out[stage] = copy.deepcopy(section)
+    return out
+
+
+REPORT_TABLES = ("settings", "attacks")
+_REPORT_KEYS = {"axes", "title", "table"}
+
+
+def _check_report(report: Any, source: str) -> dict[str, Any]:
+    """``report:``: ``axes`` (field per figure role), ``title`` (the page's), ``table``
+    (``settings``: a row per setting, the default; ``attacks``: clean vs each attack, the
+    demo's table)."""
+    if not isinstance(report, dict):
+        raise UserError(f"{source}: report: must be a mapping")
+    unknown = sorted(set(map(str, report)) - _REPORT_KEYS)
+    if unknown:
+        raise UserError(f"{source}: report: unknown key(s) {unknown}; allowed: {sorted(_REPORT_KEYS)}")
+    axes = report.get("axes") or {}
+    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in axes.items()):
+        raise UserError(f"{source}: report.axes: must map figure roles to fields, e.g. {{poisons: poison.n_poisons}}")
+    if "title" in report and (not isinstance(report["title"], str) or not report["title"].strip()):
+        raise UserError(f"{source}: report.title: must be a non-empty string")
+    if report.get("table", "settings") not in REPORT_TABLES:
+        raise UserError(f"{source}: report.table: {json.dumps(report.get('table'), default=str)} is not one of "
+                        f"{list(REPORT_TABLES)}")
+    return copy.deepcopy(report)
 
 
 def set_path(config: dict[str, dict[str, Any]], axis: str, value: Any) -> None:

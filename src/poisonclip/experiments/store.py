@@ -56,6 +56,8 @@ START_FILE = "trial.json"
 LOCK_FILE = ".lock"
 SWEEP_LOCK_FILE = ".sweep.lock"
 ARCHIVE_DIR = "previous"
+# A trial's evaluations: of its poisoned model, and of the clean model of its seed (baseline).
+EVAL_DIRS = {"poisoned": "eval", "clean": "clean_eval"}
 
 
 class State(str, Enum):

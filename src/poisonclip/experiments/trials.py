@@ -105,11 +105,14 @@ def expand(spec: SweepSpec, resolve=None, link=None) -> list[Trial]:
     resolve = resolve or (lambda stage, cfg: dict(cfg))
     short = _short_names(spec.axes)
     trials: dict[str, Trial] = {}
-    for grid in spec.grids:
+    for index, grid in enumerate(spec.grids):
         axes = tuple(a for a, _ in grid)
+        grid_base = spec.grid_base(index)
         for values in itertools.product(*(v for _, v in grid)):
             assignment = tuple(zip(axes, values))
-            raw = {stage: json.loads(json.dumps(spec.base.get(stage, {}))) for stage in STAGES}
+            # the spec's sections, then this sub-grid's own settings field by field, then the axes
+            raw = {stage: json.loads(json.dumps({**spec.base.get(stage, {}), **grid_base.get(stage, {})}))
+                   for stage in STAGES}
             for axis, value in assignment:
                 for path in (spec.seed_fields if axis == SEED_AXIS else (axis,)):
                     set_path(raw, path, value)

@@ -12,25 +12,32 @@ do not pair up).
 
 Which spec field plays which role is in ``AXES``; a spec can override it under
 ``report: {axes: {poisons: poison.n, ...}}``.
+
+This is the one report builder: the demo is a sweep spec too, whose ``report: {table:
+attacks}`` leads its page with the clean-vs-attack table (rows: metrics; columns: the clean
+model and each attack's poisoned model, over seeds), the clean-accuracy tests, and each
+target of targeted poisoning, and also writes that table as ``summary.json``. The numbers
+come from ``poisonclip.report.aggregate``.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
 
-from poisonclip.contracts import read_similarities
+from poisonclip.contracts import METRICS_FILE, read_metrics, read_similarities
 from poisonclip.errors import UserError
 from poisonclip.experiments.spec import SEED_AXIS
-from poisonclip.experiments.store import SPEC_FILE, ResultsStore, SweepDir
-from poisonclip.io_utils import atomic_write_text
+from poisonclip.experiments.store import EVAL_DIRS, SPEC_FILE, ResultsStore, SweepDir
+from poisonclip.experiments.trials import Trial
+from poisonclip.io_utils import atomic_write_json, atomic_write_text
+from poisonclip.report import aggregate as A
 from poisonclip.report import figures as F
 from poisonclip.report.html import Image, Section, Table, Text, write_html
 
@@ -43,7 +50,8 @@ AXES = {
     "model": "train.model",
 }
 N_PARAMS = "model.n_params"
-HEAD = "zeroshot"
+HEAD = A.HEAD
+SUMMARY_JSON = "summary.json"   # the clean-vs-attack table (report.table: attacks)
 
 
 @dataclass
@@ -52,6 +60,7 @@ class ReportResult:
     figures: dict[str, Path] = field(default_factory=dict)   # name -> PNG path
     tables: dict[str, Path] = field(default_factory=dict)    # name -> CSV path
     n_trials: int = 0
+    summary: dict[str, Any] | None = None                    # the clean-vs-attack table (report.table: attacks)
 
 
 def _axes(spec: dict[str, Any]) -> dict[str, str]:
@@ -74,17 +83,11 @@ def _col(df: Any, name: str) -> str | None:
     return name if name in df.columns and df[name].notna().any() else None
 
 
-def _mean_std(values: Any) -> tuple[float, float]:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
-
-
 def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  title: str | None = None) -> ReportResult:
     """Write ``out`` (default SWEEP_DIR/report/): figures/*.png|svg, summary.csv, trials.csv,
-    accuracy_tests.csv and report.html. Works on a partly finished sweep."""
+    accuracy_tests.csv and report.html (with ``report: {table: attacks}`` also summary.json).
+    Works on a partly finished sweep."""
     sweep = SweepDir(Path(sweep_dir).resolve())
     trials = sweep.load_trials()
     spec = yaml.safe_load((sweep.root / SPEC_FILE).read_text(encoding="utf-8")) if (sweep.root / SPEC_FILE).is_file() else {}
@@ -97,9 +100,11 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
     figdir.mkdir(parents=True, exist_ok=True)
     result = ReportResult(out / "report.html", n_trials=len(df))
     axes = _axes(spec)
+    report_cfg = spec.get("report") or {}
+    by_attack = report_cfg.get("table") == "attacks"
     params = [a for a in (trials[0].params if trials else {})]
     settings = [c for c in params if c != SEED_AXIS]
-    title = title or f"Sweep report: {spec.get('name', sweep.root.name)}"
+    title = title or report_cfg.get("title") or f"Sweep report: {spec.get('name', sweep.root.name)}"
     sections: list[Section] = []
 
     overview = [Text(f"{len(df)} of {len(trials)} trials finished"
@@ -130,15 +135,15 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
             fig_blocks.append(block)
         return block
 
-    backdoor = _col(df, "poisoned.z_as_trained") is not None
     poisons = axes["poisons"]
-    # --- Figure 2: success vs number of poisons --------------------------------------------
+    backdoor = _col(df, "poisoned.z_as_trained") is not None
     if poisons in varying:
         y = _col(df, f"poisoned.asr_as_trained_{HEAD}") or _col(df, f"poisoned.targeted_success_{HEAD}")
         if y:
             hue = [c for c in varying if c != poisons]
             clean_y = y.replace("poisoned.", "clean.", 1)
-            base = _mean_std(df[clean_y]) if clean_y in df.columns else None
+            cell = A.column_cell(df, clean_y)
+            base = (cell["mean"], cell["std"]) if cell else None
             ax = F.metric_vs(df, poisons, y, hue=hue or None, logx=_numeric(df, poisons) and df[poisons].min() > 0,
                              xlabel="number of poisoned samples",
                              ylabel="attack success rate" + (" (trigger as trained)" if "asr" in y else ""),
@@ -203,43 +208,18 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                          xlabel="patch side (pixels at 224x224)", ylabel="backdoor z-score",
                          title="z-score vs patch size (Fig. 6)")
         add_figure("fig6_zscore_vs_patch_size", ax, "Mean over seeds with a one-standard-deviation band.")
-    # --- Figure 3: one model's similarity distributions ------------------------------------
+    # --- Figure 3: one backdoored model's similarities, and its seed's clean model's -------
     if backdoor:
-        pick = df.sort_values([c for c in (poisons, SEED_AXIS) if c in df.columns],
-                              ascending=[False, True][: len([c for c in (poisons, SEED_AXIS) if c in df.columns])])
-        name = pick.iloc[0]["trial"]
-        arrays = read_similarities(sweep.trial(name) / "eval")
-        if arrays and "triggered_train_placement_counts" in arrays:
-            fig, (a1, a2) = F.plt.subplots(1, 2, figsize=(9.6, 3.4))
-            F.same_label_curve(arrays["edges"], arrays["same_label_pairs"], arrays["same_label_same"], ax=a1,
-                               title="P(same label) vs similarity (Fig. 3, left)")
-            row = pick.iloc[0]
-            clean_h = F.Histogram(arrays["clean_counts"], arrays["edges"], row.get("poisoned.sim_clean_mean"),
-                                  row.get("poisoned.sim_clean_std"))
-            trig_h = F.Histogram(arrays["triggered_train_placement_counts"], arrays["edges"],
-                                 row.get("poisoned.sim_triggered_as_trained_mean"))
-            F.similarity_histogram(clean_h, trig_h, ax=a2, title="Pairwise similarity (Fig. 3, right)")
-            fig.tight_layout()
-            add_figure("fig3_similarity", a1,
-                       f"Poisoned model of trial {name}. Left: fraction of test-image pairs with the same "
-                       "true label per similarity bin. Right: pairwise cosine similarity of clean test "
-                       "images and of the same images with the trigger (as trained), with the normal fit "
-                       "to the clean pairs.")
-    if fig_blocks:
-        sections.append(Section("Figures", list(fig_blocks)))
+        _figure3(sweep, df, poisons, add_figure)
+    figures_section = Section("Figures", list(fig_blocks)) if fig_blocks else None
 
     # --- tables -----------------------------------------------------------------------------
-    summary = summary_table(df, varying)
+    summary = A.summary_table(df, varying)
     summary_csv = out / "summary.csv"
     atomic_write_text(summary_csv, summary.to_csv(index=False))
     result.tables["summary"] = summary_csv
-    sections.append(Section("Results per setting", [
-        Text("Mean ± sample standard deviation over seeds (one model each); [lo, hi]: 95% Wilson "
-             "interval of the rate pooled over all models' test images. ASR counts only test images "
-             "whose true label is not the target."),
-        Table.from_frame(_display(summary), caption="Per setting")]))
-
-    acc, groups = accuracy_tests(df, varying)
+    acc, groups = A.accuracy_tests(df, varying)
+    acc_fig = None
     if acc is not None:
         acc_csv = out / "accuracy_tests.csv"
         atomic_write_text(acc_csv, acc.to_csv(index=False))
@@ -247,64 +227,212 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
         ax = F.accuracy_comparison(groups, title="Clean accuracy: poisoned vs clean models")
         acc_fig = add_figure("clean_accuracy", ax, "Every model a dot, the mean a bar; clean models share "
                                                    "the seeds of the poisoned ones.", collect=False)
-        sections.append(Section("Clean accuracy", [
-            Text("Zero-shot top-1 on the clean test split of each poisoned model against the clean model "
-                 "trained with the same seed and settings (targets of targeted poisoning left out). The two "
-                 "models of one seed form a pair: the paired t-test over per-seed differences with two or "
-                 "more pairs (the Wilcoxon signed-rank p beside it from 6 pairs), Welch's unpaired t-test "
-                 "when the seeds do not pair up, Fisher's exact test on pooled test images with a single "
-                 "model (test-set noise only); the table says which and over how many. A non-significant "
-                 "difference with few models is weak evidence of no loss: read the interval of the "
-                 "difference."),
-            acc_fig, Table.from_frame(acc, caption="Poisoned minus clean accuracy")]))
+
+    if by_attack:
+        attack_sections, result.summary = _attack_sections(sweep, trials, df, spec, axes["attack"], acc_fig)
+        summary_json = out / SUMMARY_JSON
+        atomic_write_json(summary_json, result.summary)
+        result.tables[SUMMARY_JSON] = summary_json
+        sections.insert(1, attack_sections[0])            # the table first, then the figures
+        if figures_section is not None:
+            sections.append(figures_section)
+        sections.extend(attack_sections[1:])
+    else:
+        if figures_section is not None:
+            sections.append(figures_section)
+        sections.append(Section("Results per setting", [
+            Text("Mean ± sample standard deviation over seeds (one model each); [lo, hi]: 95% Wilson "
+                 "interval of the rate pooled over all models' test images. ASR counts only test images "
+                 "whose true label is not the target."),
+            Table.from_frame(_display(summary), caption="Per setting")]))
+        if acc is not None:
+            sections.append(Section("Clean accuracy", [Text(ACCURACY_TEXT), acc_fig,
+                                                       Table.from_frame(acc, caption="Poisoned minus clean accuracy")]))
 
     if failed:
         sections.append(Section("Failed trials", [Table(
             ["trial", "error"], [[r["name"], f"{r['error'].get('type')}: {r['error'].get('message')}"]
                                  for r in failed])]))
     write_html(result.html, title, sections,
-               subtitle=f"{len(df)} trained models; generated by `poisonclip report`.")
+               subtitle=f"{_n_models(trials, df)} trained models; generated by `poisonclip report`.")
     return result
 
 
-RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
-                f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe"]
-VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
+ACCURACY_TEXT = (
+    "Zero-shot top-1 on the clean test split of each poisoned model against the clean model "
+    "trained with the same seed and settings (targets of targeted poisoning left out). The two "
+    "models of one seed form a pair: the paired t-test over per-seed differences with two or "
+    "more pairs (the Wilcoxon signed-rank p beside it from 6 pairs), Welch's unpaired t-test "
+    "when the seeds do not pair up, Fisher's exact test on pooled test images with a single "
+    "model (test-set noise only); the table says which and over how many. A non-significant "
+    "difference with few models is weak evidence of no loss: read the interval of the "
+    "difference.")
 
 
-def summary_table(df: Any, varying: Sequence[str]) -> Any:
-    """One row per setting (the varying non-seed parameters): n models, mean/std of each
-    metric, pooled Wilson interval of each rate; for poisoned and clean models."""
-    import pandas as pd
+def _n_models(trials: Sequence[Trial], df: Any) -> int:
+    """Distinct trained models behind the finished trials (a clean model serves every trial of
+    its seed and settings)."""
+    done = set(df["trial"])
+    keys = set()
+    for t in trials:
+        if t.name in done:
+            keys.add(t.keys.model)
+            if t.baseline:
+                keys.add(t.keys.clean_model)
+    return len(keys)
 
-    from poisonclip.evaluate.stats import wilson_interval
 
+def _figure3(sweep: SweepDir, df: Any, poisons: str, add_figure: Any) -> None:
+    """Figure 3 for one backdoored model (most poisons, then lowest seed): the pairwise
+    similarity of test images with and without its trigger, the same for the clean model of
+    its seed (the control), and P(same label) vs similarity of the clean model."""
+    rows = df[df["poisoned.z_as_trained"].notna()]
+    by = [c for c in (poisons, SEED_AXIS) if c in rows.columns]
+    pick = rows.sort_values(by, ascending=[c == SEED_AXIS for c in by], kind="mergesort") if by else rows
+    row = pick.iloc[0]
+    name = row["trial"]
+    arrays = {who: read_similarities(sweep.trial(name) / d) for who, d in EVAL_DIRS.items()}
+    for who, title in (("poisoned", "backdoored model"), ("clean", "clean model, same seed")):
+        a = arrays[who]
+        if not a or "triggered_train_placement_counts" not in a:
+            continue
+        clean_h = F.Histogram(a["clean_counts"], a["edges"], row.get(f"{who}.sim_clean_mean"),
+                              row.get(f"{who}.sim_clean_std"))
+        trig_h = F.Histogram(a["triggered_train_placement_counts"], a["edges"],
+                             row.get(f"{who}.sim_triggered_as_trained_mean"))
+        ax = F.similarity_histogram(clean_h, trig_h, title=f"{title}: with and without the trigger")
+        add_figure("fig3_similarity" if who == "poisoned" else "fig3_similarity_clean", ax,
+                   f"{title.capitalize()} (trial {name}): pairwise cosine similarity of clean test images and of "
+                   "the same images with the trigger (as trained), with the normal fit to the clean pairs "
+                   "(Fig. 3, right).")
+    curve_of = "clean" if arrays["clean"] else "poisoned"
+    a = arrays[curve_of]
+    if a and "same_label_pairs" in a:
+        ax = F.same_label_curve(a["edges"], a["same_label_pairs"], a["same_label_same"],
+                                title=f"{'clean' if curve_of == 'clean' else 'poisoned'} model: similarity "
+                                      "predicts the label")
+        add_figure("fig3_same_label", ax,
+                   f"{'Clean model, same seed' if curve_of == 'clean' else 'Backdoored model'} (trial {name}): "
+                   "fraction of test-image pairs with the same true label per similarity bin (Fig. 3, left).")
+
+
+# --- clean vs each attack (report.table: attacks; the demo's page) ---------------------------
+
+def _attack_sections(sweep: SweepDir, trials: Sequence[Trial], df: Any, spec: Mapping[str, Any],
+                     attack_col: str, acc_fig: Image | None) -> tuple[list[Section], dict[str, Any]]:
+    """The clean-vs-attack table with the clean-accuracy tests, each target of targeted
+    poisoning, and what ran; and the table as data (summary.json)."""
+    from poisonclip.experiments.spec import get_path
+
+    done = [t for t in trials if t.name in set(df["trial"])]
+    df = df.copy()
+    if attack_col not in df.columns:   # one attack only: not an axis of the grid
+        config = {t.name: t.config for t in done}
+        df[attack_col] = [get_path(config[n], attack_col) for n in df["trial"]]
+    attacks = list(dict.fromkeys(get_path(t.config, attack_col) for t in done))
+    backdoors = [t for t in done if get_path(t.config, attack_col) == "backdoor"]
+    placement = str(get_path(backdoors[0].config, "poison.placement", "corner")) if backdoors else "corner"
+    summary = A.attack_summary(df, attack_col, attacks, placement)
+    summary = {"config": dict(spec), "n_trials": len(trials), "n_done": len(done), **summary}
+
+    head = ["metric", *(f"{A.column_name(c)} model" for c in summary["columns"])]
+    rows = [[r["metric"], *(A.format_cell(r.get(c), A.is_percent(r["metric"])) for c in summary["columns"])]
+            for r in summary["rows"]]
+    tests = []
+    for attack, t in summary["accuracy_tests"].items():
+        p = t.get("p_value")
+        n = (f"{t['n_pairs']} pairs" if t.get("paired") else
+             f"{t.get('n_poisoned', '?')} vs {t.get('n_clean', '?')} models")
+        tests.append([A.column_name(attack), f"{100 * t['mean_poisoned']:.1f}%", f"{100 * t['mean_clean']:.1f}%",
+                      f"{100 * t['diff']:+.1f} pts", t["test"], n, "—" if p is None else f"{p:.3g}",
+                      "yes" if t.get("significant_loss") else "no"])
+    table_blocks: list[Any] = [
+        Text(_attack_intro(done, df, attacks, attack_col)),
+        Table(head, rows, caption="Measured on the held-out labelled test split"),
+        Table(["poisoned model", "clean top-1 (poisoned)", "clean top-1 (clean)", "difference", "test",
+               "n", "p", "significant loss"], tests,
+              caption="Does poisoning cost clean accuracy? (zero-shot top-1)")]
+    if acc_fig is not None:
+        table_blocks.append(acc_fig)
+    sections = [Section("Clean vs poisoned", table_blocks)]
+
+    targets = _target_rows(sweep, [t for t in done if get_path(t.config, attack_col) == "targeted"])
+    if targets:
+        sections.append(Section("Targeted poisoning, target by target", [
+            Table(["model", "seed", "target", "test image", "target label", "zero-shot prediction",
+                   "rank of label", "success"], targets)]))
+    timing = [[A.column_name(k), f"{v:.0f} s"] for k, v in summary["train_s"].items()]
+    sections.append(Section("What ran", [
+        Table(["training", "wall time (all seeds)"], timing),
+        Text(f"Configuration (the sweep spec; also in {SUMMARY_JSON}):\n\n" + json.dumps(dict(spec), indent=1)),
+    ]))
+    return sections, summary
+
+
+def _attack_intro(done: Sequence[Trial], df: Any, attacks: Sequence[str], attack_col: str) -> str:
+    """What the table measures, from the configs the trials ran with."""
+    first = done[0].config
+    corpus, train = first["corpus"], first["train"]
+    if "n_train" in corpus:
+        sizes = [f"{corpus[k]} {what}" for k, what in (
+            ("n_train", "captioned images"), ("n_test", "labelled test images"),
+            ("n_probe", "labelled images of its own to train the linear probe")) if corpus.get(k) is not None]
+        if corpus.get("resolution"):
+            sizes.append(f"{corpus['resolution']}px")
+        data = f"the embedded corpus ({', '.join(sizes)})"
+    else:
+        data = "the given corpus"
+    seeds = df[SEED_AXIS].nunique() if SEED_AXIS in df.columns else 1
+    parts = [f"{_n_models(done, df)} CLIP models ({train.get('model')}) trained from scratch with open_clip's "
+             f"trainer on {data}, {seeds} seed(s) per dataset; each seed poisons anew (its own poisons, "
+             "its own targets) and trains and evaluates with its seed."]
+    from poisonclip.experiments.spec import get_path
+
+    for attack in attacks:
+        p = next(x for x in done if get_path(x.config, attack_col) == attack).config["poison"]
+        ratio = df.loc[df[attack_col] == attack, "data.poison_ratio"].mean() \
+            if "data.poison_ratio" in df.columns else float("nan")
+        share = f"{100 * ratio:.2f}%" if ratio == ratio else "share unknown"
+        if attack == "backdoor":
+            captions = (f"captions from {p['caption_file']}" if p.get("caption_file")
+                        else "captions found by searching the training captions")
+            parts.append(f"Backdoor: {p.get('n_poisons')} poisons ({share}), a {p.get('patch_size')}px-at-224 "
+                         f"{p.get('trigger', 'checkerboard')} in the {p.get('placement')} placement, target label "
+                         f"'{p.get('target_label')}', {captions}.")
+        elif attack == "targeted":
+            n_targets = p.get("random_targets") or len(p.get("targets") or ())
+            parts.append(f"Targeted: {n_targets} test images x {p.get('n_poisons')} copies ({share}), each with "
+                         f"its own wrong label, {p.get('caption_source')} captions; the targets are left out of "
+                         "clean accuracy, and targeted success counts (target, model) pairs, with the number of "
+                         "distinct targets behind them.")
+        else:
+            parts.append(f"{attack}: {p.get('n_poisons')} poisons ({share}).")
+    parts.append("Values are means over seeds (± one standard deviation when there is more than one seed); the "
+                 "clean model of a seed is measured against every attack as the control. Clean accuracy is "
+                 "compared with the paired t-test when poisoned and clean models share seeds (Wilcoxon "
+                 "signed-rank beside it from 6 pairs), Fisher's exact test on test images with one seed.")
+    return " ".join(parts)
+
+
+def _target_rows(sweep: SweepDir, targeted: Sequence[Trial]) -> list[list[Any]]:
+    """Each target as the clean and the poisoned model of its seed saw it (the evaluator's
+    metrics.json of the trial's two evaluations)."""
     rows = []
-    groups = df.groupby(list(varying), sort=True, dropna=False) if varying else [((), df)]
-    for key, sub in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        row: dict[str, Any] = dict(zip(varying, key))
-        row["n_models"] = len(sub)
-        for who in ("poisoned", "clean"):
-            for m in RATE_METRICS + VALUE_METRICS:
-                col = f"{who}.{m}"
-                if col not in sub.columns or not sub[col].notna().any():
-                    continue
-                mean, std = _mean_std(sub[col])
-                row[f"{col} mean"], row[f"{col} std"] = mean, std
-                if m in RATE_METRICS and f"{col}_k" in sub.columns:
-                    k, n = int(sub[f"{col}_k"].sum()), int(sub[f"{col}_n"].sum())
-                    lo, hi = wilson_interval(k, n)
-                    row[f"{col} ci95_lo"], row[f"{col} ci95_hi"] = lo, hi
-                    ids = f"{who}.targeted_targets"
-                    if m.startswith("targeted_success") and ids in sub.columns:
-                        per_model = [str(x).split(";") for x in sub[ids] if isinstance(x, str) and x]
-                        if per_model:
-                            row[f"{col} k"], row[f"{col} n"] = k, n
-                            row[f"{col} targets_per_model"] = round(float(np.mean([len(t) for t in per_model])), 2)
-                            row[f"{col} distinct_targets"] = len({t for ts in per_model for t in ts})
-        rows.append(row)
-    return pd.DataFrame(rows)
+    def by_seed(t: Trial) -> tuple:
+        seed = t.params.get(SEED_AXIS)
+        return (not isinstance(seed, int), seed if isinstance(seed, int) else 0, t.name)
+
+    for t in sorted(targeted, key=by_seed):
+        seed = t.params.get(SEED_AXIS, "—")
+        for who, folder in (("clean", EVAL_DIRS["clean"]), ("targeted", EVAL_DIRS["poisoned"])):
+            path = sweep.trial(t.name) / folder / METRICS_FILE
+            if not path.is_file():
+                continue
+            for x in (read_metrics(path).targeted or {}).get("targets") or []:
+                zs = x.get("zeroshot", {})
+                rows.append([who, seed, x.get("id"), x.get("source_key") or "—", x.get("label"),
+                             zs.get("predicted", "—"), zs.get("rank", "—"), "yes" if zs.get("success") else "no"])
+    return rows
 
 
 def _display(summary: Any) -> Any:
@@ -335,42 +463,6 @@ def _display(summary: Any) -> Any:
             cells.append(text)
         out[base.replace(f"_{HEAD}", "")] = cells
     return out
-
-
-def accuracy_tests(df: Any, varying: Sequence[str]) -> tuple[Any, list[tuple[str, list[float], list[float]]]]:
-    """Per setting: poisoned models' clean accuracy against their seeds' clean models."""
-    import pandas as pd
-
-    from poisonclip.evaluate.stats import Rate, compare_accuracy
-
-    p_col, c_col = f"poisoned.top1_{HEAD}", f"clean.top1_{HEAD}"
-    if c_col not in df.columns or not df[c_col].notna().any():
-        return None, []
-    rows, groups = [], []
-    grouped = df.groupby(list(varying), sort=True, dropna=False) if varying else [((), df)]
-    for key, sub in grouped:
-        key = key if isinstance(key, tuple) else (key,)
-        sub = sub.dropna(subset=[p_col, c_col])
-        if sub.empty:
-            continue
-        counts_p = [Rate(int(k), int(n)) for k, n in zip(sub[f"{p_col}_k"], sub[f"{p_col}_n"])]
-        counts_c = [Rate(int(k), int(n)) for k, n in zip(sub[f"{c_col}_k"], sub[f"{c_col}_n"])]
-        # Each row holds a poisoned model and the clean model of its seed: a pair, when the
-        # rows of this setting are distinct seeds.
-        paired = SEED_AXIS in sub.columns and sub[SEED_AXIS].notna().all() and sub[SEED_AXIS].is_unique
-        with warnings.catch_warnings():  # scipy warns when the few values are nearly equal
-            warnings.simplefilter("ignore", RuntimeWarning)
-            cmp = compare_accuracy(sub[p_col].tolist(), sub[c_col].tolist(), poisoned_counts=counts_p,
-                                   clean_counts=counts_c, paired=bool(paired)).to_dict()
-        label = ", ".join(f"{c.rsplit('.', 1)[-1]}={v}" for c, v in zip(varying, key)) or "all trials"
-        groups.append((label, sub[p_col].tolist(), sub[c_col].tolist()))
-        ci = cmp["diff_ci95"] or [None, None]
-        rows.append({**dict(zip(varying, key)), "n_models": len(sub), "poisoned": cmp["mean_poisoned"],
-                     "clean": cmp["mean_clean"], "diff": cmp["diff"], "diff_ci95_lo": ci[0],
-                     "diff_ci95_hi": ci[1], "test": cmp["test"], "n_pairs": cmp["n_pairs"],
-                     "p_value": cmp["p_value"], "wilcoxon_p": cmp["wilcoxon_p"],
-                     "significant_loss": cmp["significant_loss"]})
-    return pd.DataFrame(rows), groups
 
 
 def require_sweep(path: str | os.PathLike) -> Path:

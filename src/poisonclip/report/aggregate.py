@@ -1,0 +1,232 @@
+"""Numbers over seeds, in one place: the sweep's per-setting table, the demo's clean-vs-attack
+table and the clean-accuracy tests are all made here from the results table (one row per
+trial, flat metric columns ``poisoned.*`` and ``clean.*``, see docs/sweeps.md).
+
+A cell is one metric over the models of a group (one model per seed): mean and sample
+standard deviation of the per-model values, for rates also the pooled k/n with its Wilson
+interval, and for targeted success how many distinct targets stand behind the (target,
+model) pairs, since pairs that share a target are not independent draws. Clean accuracy is
+compared by ``evaluate.stats.compare_accuracy``: the poisoned model and the clean model of a
+trial share its seed, so they pair up. Rows are taken in seed order, so the same models give
+the same floats whichever way the table was read.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
+
+SEED = "seed"           # the replicate axis (experiments.spec.SEED_AXIS)
+HEAD = "zeroshot"
+RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
+                f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe"]
+VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
+TARGETS = "targeted_targets"   # a model's targets, ';'-joined (experiments.stages.target_ids)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def over_seeds(values: Sequence[Any], counts: Sequence[tuple[Any, Any]] | None = None,
+               targets: Sequence[Any] | None = None) -> dict[str, Any] | None:
+    """One cell: ``values`` per model (None/NaN: the model has no such number), ``counts`` the
+    (k, n) behind each rate, ``targets`` each model's target ids (';'-joined). None when no
+    model has the number."""
+    vals = [float(v) for v in values if _finite(v)]
+    if not vals:
+        return None
+    s = mean_std(vals)
+    # JSON has no NaN: an undefined spread (one model) is None
+    cell: dict[str, Any] = {"mean": s.mean, "std": s.std if math.isfinite(s.std) else None, "n_models": len(vals)}
+    rates = [Rate(int(k), int(n)) for k, n in (counts or ()) if _finite(k) and _finite(n)]
+    if rates:
+        pooled = pooled_rate(rates)
+        cell.update(k=pooled.k, n=pooled.n, ci95=list(pooled.ci95))
+        per_model = [str(t).split(";") for t in (targets or ()) if isinstance(t, str) and t]
+        if per_model:
+            sizes = [len(t) for t in per_model]
+            cell.update(n_targets_per_model=sizes[0] if len(set(sizes)) == 1 else round(sum(sizes) / len(sizes), 2),
+                        n_distinct_targets=len({t for ts in per_model for t in ts}))
+    return cell
+
+
+def _in_seed_order(df: Any) -> Any:
+    return df.sort_values(SEED, kind="mergesort") if SEED in df.columns else df
+
+
+def column_cell(df: Any, col: str) -> dict[str, Any] | None:
+    """``over_seeds`` of one flat metric column (with its ``_k``/``_n`` counts and, for
+    targeted success, the targets column of the same model)."""
+    if col not in df.columns:
+        return None
+    df = _in_seed_order(df)
+    counts = list(zip(df[f"{col}_k"], df[f"{col}_n"])) if f"{col}_k" in df.columns else None
+    who = col.split(".", 1)[0]
+    ids = f"{who}.{TARGETS}"
+    targets = df[ids].tolist() if ".targeted_success" in col and ids in df.columns else None
+    return over_seeds(df[col].tolist(), counts, targets)
+
+
+def accuracy_test(df: Any, head: str = HEAD, alpha: float = 0.05) -> dict[str, Any] | None:
+    """Clean accuracy of the poisoned models of ``df`` against the clean models of their
+    trials: paired by seed when the rows are distinct seeds, else Welch's test."""
+    p_col, c_col = f"poisoned.top1_{head}", f"clean.top1_{head}"
+    if p_col not in df.columns or c_col not in df.columns:
+        return None
+    sub = _in_seed_order(df.dropna(subset=[p_col, c_col]))
+    if sub.empty:
+        return None
+    counts = {}
+    for who, col in (("poisoned", p_col), ("clean", c_col)):
+        if f"{col}_k" in sub.columns and sub[f"{col}_k"].notna().all():
+            counts[who] = [Rate(int(k), int(n)) for k, n in zip(sub[f"{col}_k"], sub[f"{col}_n"])]
+    # Each row holds a poisoned model and the clean model of its seed: a pair, when the rows
+    # are distinct seeds.
+    paired = SEED in sub.columns and bool(sub[SEED].notna().all()) and bool(sub[SEED].is_unique)
+    with warnings.catch_warnings():  # scipy warns when the few values are nearly equal
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return compare_accuracy(sub[p_col].tolist(), sub[c_col].tolist(), alpha,
+                                counts.get("poisoned"), counts.get("clean"), paired=paired).to_dict()
+
+
+def _groups(df: Any, varying: Sequence[str]) -> Iterable[tuple[tuple[Any, ...], Any]]:
+    if not varying:
+        return [((), df)]
+    return ((k if isinstance(k, tuple) else (k,), sub)
+            for k, sub in df.groupby(list(varying), sort=True, dropna=False))
+
+
+def summary_table(df: Any, varying: Sequence[str]) -> Any:
+    """The sweep's table: one row per setting (the varying non-seed parameters), n models,
+    and for poisoned and clean models each metric's cell as columns ``<col> mean``, ``std``,
+    ``ci95_lo``/``ci95_hi``, ``k``/``n`` and, for targeted success, ``targets_per_model`` and
+    ``distinct_targets``."""
+    import pandas as pd
+
+    rows = []
+    for key, sub in _groups(df, varying):
+        row: dict[str, Any] = dict(zip(varying, key))
+        row["n_models"] = len(sub)
+        for who in ("poisoned", "clean"):
+            for m in RATE_METRICS + VALUE_METRICS:
+                col = f"{who}.{m}"
+                cell = column_cell(sub, col)
+                if cell is None:
+                    continue
+                row[f"{col} mean"], row[f"{col} std"] = cell["mean"], cell["std"]
+                if "k" in cell:
+                    row[f"{col} ci95_lo"], row[f"{col} ci95_hi"] = cell["ci95"]
+                    row[f"{col} k"], row[f"{col} n"] = cell["k"], cell["n"]
+                if "n_distinct_targets" in cell:
+                    row[f"{col} targets_per_model"] = cell["n_targets_per_model"]
+                    row[f"{col} distinct_targets"] = cell["n_distinct_targets"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_tests(df: Any, varying: Sequence[str]) -> tuple[Any, list[tuple[str, list[float], list[float]]]]:
+    """Per setting: poisoned models' clean accuracy against their seeds' clean models; (the
+    table, (label, poisoned values, clean values) per setting for the figure)."""
+    import pandas as pd
+
+    p_col, c_col = f"poisoned.top1_{HEAD}", f"clean.top1_{HEAD}"
+    if c_col not in df.columns or not df[c_col].notna().any():
+        return None, []
+    rows, groups = [], []
+    for key, sub in _groups(df, varying):
+        cmp = accuracy_test(sub)
+        if cmp is None:
+            continue
+        sub = _in_seed_order(sub.dropna(subset=[p_col, c_col]))
+        label = ", ".join(f"{c.rsplit('.', 1)[-1]}={v}" for c, v in zip(varying, key)) or "all trials"
+        groups.append((label, sub[p_col].tolist(), sub[c_col].tolist()))
+        ci = cmp["diff_ci95"] or [None, None]
+        rows.append({**dict(zip(varying, key)), "n_models": len(sub), "poisoned": cmp["mean_poisoned"],
+                     "clean": cmp["mean_clean"], "diff": cmp["diff"], "diff_ci95_lo": ci[0],
+                     "diff_ci95_hi": ci[1], "test": cmp["test"], "n_pairs": cmp["n_pairs"],
+                     "p_value": cmp["p_value"], "wilcoxon_p": cmp["wilcoxon_p"],
+                     "significant_loss": cmp["significant_loss"]})
+    return pd.DataFrame(rows), groups
+
+
+# --- clean vs each attack (the demo's table) ---------------------------------------------
+
+# (row label, the attack whose evaluations it reads (None: every model's own), flat metric);
+# "{placement}" is the backdoor's train-time placement.
+ATTACK_ROWS: tuple[tuple[str, str | None, str], ...] = (
+    ("clean zero-shot top-1", None, "top1_zeroshot"),
+    ("clean linear-probe top-1", None, "top1_probe"),
+    ("backdoor ASR, {placement} patch (zero-shot)", "backdoor", "asr_as_trained_zeroshot"),
+    ("backdoor ASR, random place (zero-shot)", "backdoor", "asr_random_zeroshot"),
+    ("backdoor ASR, {placement} patch (probe)", "backdoor", "asr_as_trained_probe"),
+    ("backdoor z-score, {placement} patch", "backdoor", "z_as_trained"),
+    ("backdoor z-score, random place", "backdoor", "z_random"),
+    ("targets classified as their label (zero-shot)", "targeted", "targeted_success_zeroshot"),
+    ("targets classified as their label (probe)", "targeted", "targeted_success_probe"),
+    ("mean rank of the target label (zero-shot)", "targeted", "targeted_rank_zeroshot"),
+)
+CLEAN = "clean"
+# How the table heads each column: the clean model, then each attack's poisoned model.
+COLUMN_NAMES = {CLEAN: "clean", "backdoor": "backdoored", "targeted": "targeted-poisoned"}
+
+
+def column_name(column: str) -> str:
+    return COLUMN_NAMES.get(column, f"{column}-poisoned")
+
+
+def attack_summary(df: Any, attack_col: str, attacks: Sequence[str], placement: str = "corner",
+                   rows: Sequence[tuple[str, str | None, str]] = ATTACK_ROWS) -> dict[str, Any]:
+    """Rows of metrics, columns ``clean`` and each attack (in ``attacks`` order): a cell per
+    (row, model kind) over seeds. The clean model of a seed is measured in every attack's
+    trials; a row of one attack reads it from that attack's trials, a row of every model
+    (clean accuracy) from the first attack's. Also the clean-accuracy test per attack and the
+    training time per model kind."""
+    by_attack = {a: df[df[attack_col] == a] for a in attacks}
+    out_rows = []
+    for label, attack, metric in rows:
+        if attack is not None and attack not in by_attack:
+            continue
+        row: dict[str, Any] = {"metric": label.format(placement=placement)}
+        source = attack or (attacks[0] if attacks else None)
+        if source is not None and (cell := column_cell(by_attack[source], f"clean.{metric}")) is not None:
+            row[CLEAN] = cell
+        for a in attacks:
+            if attack in (None, a) and (cell := column_cell(by_attack[a], f"poisoned.{metric}")) is not None:
+                row[a] = cell
+        out_rows.append(row)
+    tests = {a: t for a in attacks if (t := accuracy_test(by_attack[a])) is not None}
+    train_s: dict[str, float] = {}
+    if attacks and "clean_model.wall_time_s" in df.columns:   # one clean model per seed, in every attack's trials
+        train_s[CLEAN] = float(by_attack[attacks[0]]["clean_model.wall_time_s"].fillna(0).sum())
+    for a in attacks:
+        if "model.wall_time_s" in df.columns:
+            train_s[a] = float(by_attack[a]["model.wall_time_s"].fillna(0).sum())
+    return {"columns": [CLEAN, *attacks], "rows": out_rows, "accuracy_tests": tests, "train_s": train_s}
+
+
+def is_percent(row_label: str) -> bool:
+    return "z-score" not in row_label and "rank" not in row_label
+
+
+def format_cell(cell: Mapping[str, Any] | None, percent: bool) -> str:
+    """``mean ± std`` (percent for rates), with k/n for one model's small rates and, for
+    targeted success, the (target, model) pairs and the distinct targets behind them."""
+    if not cell:
+        return "—"
+    mean, std = cell["mean"], cell["std"]
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{mean * scale:.1f}{unit}" if percent else f"{mean:.2f}"
+    if cell["n_models"] > 1 and std is not None and std == std:
+        text += f" ± {std * scale:.1f}" if percent else f" ± {std:.2f}"
+    if "n_distinct_targets" in cell:
+        # (target, model) pairs are not independent draws when targets repeat across models
+        text += (f" ({cell['k']}/{cell['n']}: {cell['n_targets_per_model']:g} targets x {cell['n_models']} "
+                 f"model{'s' if cell['n_models'] > 1 else ''}, {cell['n_distinct_targets']} distinct)")
+    elif "k" in cell and cell["n_models"] == 1 and cell["n"] <= 20:
+        text += f" ({cell['k']}/{cell['n']})"
+    return text
