@@ -8,7 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 
-from poisonclip.attacks.captions import (LabelMatcher, build_caption_set, label_pattern,
+from poisonclip.attacks.captions import (LabelMatcher, any_label_pattern, build_caption_set, label_pattern,
                                          load_caption_set, plural_forms, save_caption_set, search_captions,
                                          size_captions, template_captions)
 from poisonclip.data.caption_stream import iter_caption_batches
@@ -99,6 +99,36 @@ def test_search_dedups_repeated_captions_and_counts_matches(tmp_path):
     assert cs.captions == ("a moon", "a moon\tat\nnight")  # quoted tab/newline kept
     assert cs.n_matched == 3 and cs.n_scanned == 4
     assert report["missing_caption"] == 1
+
+
+OVERLAPPING = ["golden retriever", "retriever", "car", "cars", "c++", "t-shirt", "dog"]
+
+
+def test_one_pass_over_many_labels_finds_what_separate_searches_find(tmp_path):
+    """The one-scan search (every label in one pattern, rows sorted afterwards) must give each
+    label exactly the captions, order and counts of a search for that label alone."""
+    caps = ["two Golden  Retrievers", "a retriever", "cars and a car", "a carpet", "learn c++ now",
+            "red T-Shirt", "t-shirts", "hotdog", "a dog", "a dog", "DOGS!", "nothing here", "scar", "",
+            "a retriever and a dog"]
+    table = tmp_path / "t.tsv"
+    table.write_text("filepath\ttitle\n" + "".join(f"{i}.png\t{c}\n" for i, c in enumerate(caps)))
+    together = search_captions(table, OVERLAPPING)
+    for label in OVERLAPPING:
+        alone = search_captions(table, [label])[label]
+        assert together[label] == alone, label
+    assert together["dog"].captions == ("a dog", "DOGS!", "a retriever and a dog")
+    assert together["dog"].n_matched == 4
+
+
+@pytest.mark.parametrize("caption", ["a dog", "hotdog", "Golden\tretriever", "cars", "c++ code", "a carpet", ""])
+def test_the_combined_pattern_matches_when_any_label_does(caption):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def hit(pattern: str) -> bool:
+        return bool(pc.match_substring_regex(pa.array([caption]), pattern=pattern, ignore_case=True)[0].as_py())
+
+    assert hit(any_label_pattern(OVERLAPPING)) == any(hit(label_pattern(lab)) for lab in OVERLAPPING)
 
 
 def test_label_in_no_caption_is_a_user_error_with_the_count(tiny):
