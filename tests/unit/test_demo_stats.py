@@ -36,25 +36,27 @@ def stub_stages(monkeypatch):
     call: (the TrainConfigs trained, the EvalConfigs evaluated)."""
     import poisonclip.evaluate.api as api
     import poisonclip.train.run as run
+    from poisonclip.contracts import METRICS_FILE, METRICS_SCHEMA, RUN_INFO_FILE, SCHEMA_VERSION
 
     trained, evals = [], []
 
     def fake_train(cfg, on_event=None):
         trained.append(cfg)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / run.RUN_FILE).write_text(json.dumps({"seed": cfg.seed, "wall_time_s": 1.0}))
+        (Path(cfg.out) / RUN_INFO_FILE).write_text(json.dumps({"seed": cfg.seed, "wall_time_s": 1.0}))
         return types.SimpleNamespace(checkpoint=None, wall_time_s=1.0, samples_per_s=10.0, loss_curve=[1.0])
 
     def fake_evaluate(cfg):
         evals.append(cfg)
         info = json.loads((Path(cfg.poison) / "poison.json").read_text())
-        m = {"clean": {"zeroshot": {"top1": _rate(50, 60)}}}
+        m = {"schema_version": SCHEMA_VERSION, "schema": METRICS_SCHEMA,
+             "model": {"name": "stub", "checkpoint": str(cfg.run)}, "clean": {"zeroshot": {"top1": _rate(50, 60)}}}
         if info["attack"] == "targeted":
             m["targeted"] = {"targets": [{"id": t["id"], "label": t["label"], "source_sha256": t["source_sha256"],
                                           "source_key": t["source_key"]} for t in info["targets"]],
                              "summary": {"zeroshot": {"success": _rate(1, len(info["targets"])), "mean_rank": 1.5}}}
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / api.METRICS_FILE).write_text(json.dumps(m))
+        (Path(cfg.out) / METRICS_FILE).write_text(json.dumps(m))
         return m
 
     monkeypatch.setattr(run, "train", fake_train)
