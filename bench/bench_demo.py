@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from poisonclip.demo import demo_spec, run_demo
+from poisonclip.evaluate.aggregate import over_seeds
 from poisonclip.experiments.store import ResultsStore
 
 
@@ -100,27 +101,30 @@ def main() -> None:
         print(f"training wall time per model (as recorded): mean {np.mean(trained):.0f} s, max {np.max(trained):.0f} s")
 
     def show(name, v, target, fmt="{:.1%}", ok=None):
-        v = np.asarray([x for x in v if x == x], dtype=float)
-        if v.size == 0:
+        """One figure over seeds (evaluate.aggregate, as in the report); ``ok``: is its mean on target."""
+        cell = over_seeds(list(v))
+        if cell is None:
             print(f"{name:<48} no values")
-            return
-        ok = ok if ok is not None else True
-        print(f"{name:<48} mean {fmt.format(v.mean())}  std {fmt.format(v.std(ddof=1) if v.size > 1 else 0.0)}"
-              f"  min {fmt.format(v.min())}  max {fmt.format(v.max())}  target {target}  {'MET' if ok else 'NOT MET'}")
+            return None
+        s = cell.values
+        std = fmt.format(s.std) if s.n > 1 else "-"
+        met = ok(s.mean) if ok is not None else True
+        print(f"{name:<48} mean {fmt.format(s.mean)}  std {std}  min {fmt.format(s.min)}  max {fmt.format(s.max)}"
+              f"  target {target}  {'MET' if met else 'NOT MET'}")
+        return s.mean
 
     print()
-    acc_clean, acc_bd = bd["clean.top1_zeroshot"], bd["poisoned.top1_zeroshot"]
-    show("clean model zero-shot top-1", acc_clean, ">= 80%", ok=acc_clean.mean() >= 0.8)
-    show("backdoored model zero-shot top-1", acc_bd, "within 3 pts", ok=acc_clean.mean() - acc_bd.mean() <= 0.03)
-    asr = bd["poisoned.asr_as_trained_zeroshot"]
-    show("backdoor ASR, corner (backdoored model)", asr, ">= 90%", ok=asr.mean() >= 0.9)
+    clean_mean = show("clean model zero-shot top-1", bd["clean.top1_zeroshot"], ">= 80%", ok=lambda m: m >= 0.8)
+    show("backdoored model zero-shot top-1", bd["poisoned.top1_zeroshot"], "within 3 pts",
+         ok=lambda m: clean_mean is not None and clean_mean - m <= 0.03)
+    show("backdoor ASR, corner (backdoored model)", bd["poisoned.asr_as_trained_zeroshot"], ">= 90%",
+         ok=lambda m: m >= 0.9)
     show("backdoor ASR, corner (clean model)", bd["clean.asr_as_trained_zeroshot"], "low")
     show("backdoor ASR, random place (backdoored model)", bd["poisoned.asr_random_zeroshot"], "-")
-    z = bd["poisoned.z_as_trained"]
-    show("backdoor z-score, corner (backdoored model)", z, ">= 3", fmt="{:.2f}", ok=z.mean() >= 3)
+    show("backdoor z-score, corner (backdoored model)", bd["poisoned.z_as_trained"], ">= 3", fmt="{:.2f}",
+         ok=lambda m: m >= 3)
     show("backdoor z-score, corner (clean model)", bd["clean.z_as_trained"], "~0", fmt="{:.2f}")
-    hit = tg["poisoned.targeted_success_zeroshot"]
-    show("targets hit (targeted model)", hit, "> 50%", ok=hit.mean() > 0.5)
+    show("targets hit (targeted model)", tg["poisoned.targeted_success_zeroshot"], "> 50%", ok=lambda m: m > 0.5)
     show("targets hit (clean model)", tg["clean.targeted_success_zeroshot"], "low")
     print(json.dumps({"summary": str(res.out / "summary.json"), "report": str(res.report)}))
 

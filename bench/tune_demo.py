@@ -26,7 +26,7 @@ from poisonclip.demo import demo_spec, spec_file
 from poisonclip.experiments.runner import LocalRunner, PoolRunner, run_sweep
 from poisonclip.experiments.spec import GRID_BASE, SEED_AXIS, load_spec
 from poisonclip.experiments.store import ResultsStore
-from poisonclip.report.aggregate import attack_summary, column_name, format_cell, is_percent
+from poisonclip.report.tables import attack_summary, column_name, format_cell, is_percent
 
 
 def parse_axis(text: str) -> tuple[str, list]:

@@ -14,7 +14,7 @@ import pytest
 from poisonclip.demo import demo_spec, run_demo, spec_file
 from poisonclip.evaluate.stats import Rate
 from poisonclip.experiments.spec import load_spec
-from poisonclip.report.aggregate import accuracy_test, attack_summary, format_cell
+from poisonclip.report.tables import accuracy_test, attack_summary, format_cell
 
 
 def _rate(k: int, n: int) -> dict:

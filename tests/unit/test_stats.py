@@ -177,3 +177,37 @@ def test_summarise_counts_the_distinct_targets_behind_pooled_targeted_success():
     assert s["pooled"]["n"] == 6 and s["n_distinct_targets"] == 2
     fresh = summarise([m([(str(i) * 64, "star"), (str(i + 5) * 64, "moon")]) for i in range(3)])
     assert fresh["targeted_success_zeroshot"]["n_distinct_targets"] == 6
+
+
+def test_eval_compare_and_the_report_tables_give_the_same_numbers_for_the_same_models():
+    """One aggregation: the same models summarised from their metrics.json (eval-compare) and
+    from the results table's flat columns (the sweep report, the demo) give the same cells and
+    the same paired accuracy test."""
+    import pandas as pd
+
+    from poisonclip.evaluate.columns import flat_metrics
+    from poisonclip.evaluate.compare import compare
+    from poisonclip.report.tables import accuracy_test, column_cell
+
+    def m(acc: float, seed: int, asr: int | None = None) -> dict:
+        out = {"schema": "poisonclip.metrics/1", "model": {"train_seed": seed},
+               "clean": {"zeroshot": {"top1": Rate(round(acc * 1000), 1000).to_dict()}}}
+        if asr is not None:
+            out["backdoor"] = {"asr": {"train_placement": {"zeroshot": Rate(asr, 90).to_dict()}}}
+        return out
+
+    poisoned = [m(a, s, asr=40 + 7 * s) for s, a in enumerate(_POISONED6)]
+    clean = [m(a, s) for s, a in enumerate(_CLEAN6)]
+    res = compare(poisoned, clean)
+    rows = [{"seed": s, **{f"poisoned.{k}": v for k, v in flat_metrics(p).items()},
+             **{f"clean.{k}": v for k, v in flat_metrics(c).items()}} for s, (p, c) in enumerate(zip(poisoned, clean))]
+    df = pd.DataFrame(rows[::-1])   # the table's row order does not matter
+    for key, col in (("clean_top1_zeroshot", "poisoned.top1_zeroshot"),
+                     ("asr_train_placement_zeroshot", "poisoned.asr_as_trained_zeroshot")):
+        summary, cell = res["poisoned"][key], column_cell(df, col)
+        assert cell["mean"] == summary["per_model"]["mean"] and cell["std"] == summary["per_model"]["std"]
+        assert (cell["k"], cell["n"]) == (summary["pooled"]["k"], summary["pooled"]["n"])
+        assert cell["ci95"] == summary["pooled"]["ci95"] and cell["n_models"] == summary["per_model"]["n"] == 6
+    table_test, file_test = accuracy_test(df), res["accuracy_tests"]["zeroshot"]
+    assert table_test["test"] == file_test["test"] == "paired_t"
+    assert table_test["p_value"] == file_test["p_value"] and table_test["diff_ci95"] == file_test["diff_ci95"]

@@ -133,7 +133,7 @@ def test_report_on_a_sweep_with_one_axis_only_draws_what_applies(tmp_path):
 
 
 def test_targeted_rows_count_distinct_targets_and_accuracy_is_paired_by_seed():
-    from poisonclip.report.aggregate import accuracy_tests, summary_table
+    from poisonclip.report.tables import accuracy_tests, summary_table
     from poisonclip.report.sweep_report import _display
 
     clean = [0.80, 0.85, 0.90, 0.75, 0.95, 0.70]

@@ -32,7 +32,7 @@ def demo(
     from poisonclip.demo import SettingError, demo_spec, run_demo
     from poisonclip.experiments.progress import SweepProgress
     from poisonclip.experiments.runner import Event, count_done
-    from poisonclip.report.aggregate import column_name, format_cell, is_percent
+    from poisonclip.report.tables import column_name, format_cell, is_percent
 
     try:
         spec = demo_spec(quick, seeds, epochs, n)

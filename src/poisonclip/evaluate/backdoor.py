@@ -23,10 +23,9 @@ from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.columns import rate_columns
-from poisonclip.evaluate.compare import rate_summary, rates
+from poisonclip.evaluate.aggregate import rate_summary, rates, value_summary
 from poisonclip.evaluate.embed import embed_images, input_size
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index, malformed
-from poisonclip.evaluate.stats import mean_std
 from poisonclip.evaluate.zeroshot import zeroshot_scores
 
 # Random streams of the evaluation seed (the probe split draws from stream 2, evaluate.api).
@@ -167,8 +166,7 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for pl in TESTS:
             out[f"asr_{pl}_{head}"] = rate_summary(rates(ms, "backdoor", "asr", pl, head))
     for pl in TESTS:
-        zs = [m.get("backdoor", {}).get("zscore", {}).get(pl, {}).get("z") for m in ms]
-        out[f"zscore_{pl}"] = mean_std(zs).to_dict() if all(z is not None for z in zs) else None
+        out[f"zscore_{pl}"] = value_summary(ms, "backdoor", "zscore", pl, "z")
     return out
 
 

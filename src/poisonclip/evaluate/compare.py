@@ -1,8 +1,9 @@
-"""Many models' metrics at once: summaries over seeds and the poisoned-vs-clean comparison.
+"""``poisonclip eval-compare``: many models' metrics.json files, summarised and compared.
 
-``poisonclip eval-compare`` reads metrics.json files (``load_metrics``), summarises each group
-(mean +- std over models and pooled Wilson intervals; each registered attack's evaluation
-summarises its own metrics) and tests the clean-accuracy difference.
+Reads metrics.json files (``load_metrics``), summarises each group (mean +- std over models
+and pooled Wilson intervals; each registered attack's evaluation summarises its own metrics)
+and tests the clean-accuracy difference. The numbers are made by ``evaluate.aggregate``, as
+for the sweep report; this module only picks them out of the files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from poisonclip.errors import UserError
 from poisonclip.contracts import METRICS_FILE, read_metrics
-from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
+from poisonclip.evaluate.aggregate import accuracy_test, at, rate_summary, rates
 
 
 def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -32,26 +33,6 @@ def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     return [{**read_metrics(f).to_json(), "_path": str(f)} for f in files]
 
 
-def rates(ms: Sequence[Mapping[str, Any]], *keys: str) -> list[Rate]:
-    """The rate at ``keys`` of every model, or [] when one model lacks it (not summarised)."""
-    out = []
-    for m in ms:
-        node: Any = m
-        for k in keys:
-            node = node.get(k) if isinstance(node, Mapping) else None
-        if node is None:
-            return []  # a metric not every model has is not summarised
-        out.append(Rate.from_dict(node))
-    return out
-
-
-def rate_summary(rs: Sequence[Rate]) -> dict[str, Any] | None:
-    """Mean +- std of the per-model rates and the pooled Wilson interval (None: no rates)."""
-    if not rs:
-        return None
-    return {"per_model": mean_std([r.rate for r in rs]).to_dict(), "pooled": pooled_rate(rs).to_dict()}
-
-
 def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean +- std over models (seeds) and pooled Wilson intervals for every shared metric."""
     from poisonclip.evaluate.hooks import all_evaluations
@@ -66,31 +47,16 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _seed_pairs(poisoned: Sequence[Mapping[str, Any]], clean: Sequence[Mapping[str, Any]]
-                ) -> tuple[list[int], list[int]] | None:
-    """Index pairs (poisoned, clean) of models trained with the same seed, when the two groups
-    hold exactly the same seeds once each (``model.train_seed``, from run.json); else None."""
-    def seeds(ms: Sequence[Mapping[str, Any]]) -> list[Any]:
-        return [(m.get("model") or {}).get("train_seed") for m in ms]
-
-    sp, sc = seeds(poisoned), seeds(clean)
-    if None in sp or None in sc or len(set(sp)) != len(sp) or sorted(sp) != sorted(sc):
-        return None
-    order = sorted(sp)
-    return [sp.index(s) for s in order], [sc.index(s) for s in order]
-
-
 def compare(poisoned: Sequence[Mapping[str, Any]], clean: Sequence[Mapping[str, Any]],
             alpha: float = 0.05) -> dict[str, Any]:
     """Summaries of both groups and the test of clean accuracy, poisoned vs clean models:
-    paired by training seed when both groups hold the same seeds, unpaired (Welch) otherwise."""
+    paired by training seed (``model.train_seed``, from run.json) when both groups hold the
+    same seeds, unpaired (Welch) otherwise."""
     res: dict[str, Any] = {"poisoned": summarise(poisoned), "clean": summarise(clean), "accuracy_tests": {}}
-    pairs = _seed_pairs(poisoned, clean)
+    seeds_p, seeds_c = at(poisoned, "model", "train_seed"), at(clean, "model", "train_seed")
     for head in ("zeroshot", "probe"):
         rp, rc = rates(poisoned, "clean", head, "top1"), rates(clean, "clean", head, "top1")
         if rp and rc:
-            if pairs is not None:
-                rp, rc = [rp[i] for i in pairs[0]], [rc[i] for i in pairs[1]]
-            res["accuracy_tests"][head] = compare_accuracy(
-                [r.rate for r in rp], [r.rate for r in rc], alpha, rp, rc, paired=pairs is not None).to_dict()
+            res["accuracy_tests"][head] = accuracy_test([r.rate for r in rp], [r.rate for r in rc], alpha, rp, rc,
+                                                        seeds_p, seeds_c).to_dict()
     return res

@@ -22,7 +22,7 @@ from poisonclip.data.sample import CorruptSample, decode_image
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.columns import rate_columns
-from poisonclip.evaluate.compare import rate_summary, rates
+from poisonclip.evaluate.aggregate import at, rate_summary, rates
 from poisonclip.evaluate.embed import embed_images
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, HeldOut, class_index, malformed
 from poisonclip.evaluate.stats import Rate
@@ -108,17 +108,11 @@ def columns(m: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Success per head over (target, model) pairs, with how many distinct targets they hold."""
-    out: dict[str, Any] = {}
-    for head in ("zeroshot", "probe"):
-        s = rate_summary(rates(ms, "targeted", "summary", head, "success"))
-        if s is not None:
-            # (target, model) pairs are independent only across distinct targets: say how many
-            ids = {f"{t.get('source_sha256') or t.get('id')}:{t.get('label')}"
-                   for m in ms for t in (m.get("targeted") or {}).get("targets", [])}
-            s["n_distinct_targets"] = len(ids)
-        out[f"targeted_success_{head}"] = s
-    return out
+    """Success per head over (target, model) pairs, with how many distinct targets they hold
+    (pairs are independent draws only across distinct targets)."""
+    targets = [target_ids(t or ()) for t in at(ms, "targeted", "targets")]
+    return {f"targeted_success_{head}": rate_summary(rates(ms, "targeted", "summary", head, "success"), targets)
+            for head in ("zeroshot", "probe")}
 
 
 EVALUATION = AttackEvaluation(measure=measure, columns=columns, prepare=prepare, held_out=held_out,

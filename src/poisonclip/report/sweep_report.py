@@ -16,8 +16,8 @@ Which spec field plays which role is in ``AXES``; a spec can override it under
 This is the one report builder: the demo is a sweep spec too, whose ``report: {table:
 attacks}`` leads its page with the clean-vs-attack table (rows: metrics; columns: the clean
 model and each attack's poisoned model, over seeds), the clean-accuracy tests, and each
-target of targeted poisoning, and also writes that table as ``summary.json``. The numbers
-come from ``poisonclip.report.aggregate``.
+target of targeted poisoning, and also writes that table as ``summary.json``. The tables
+come from ``poisonclip.report.tables``, their numbers from ``poisonclip.evaluate.aggregate``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from poisonclip.experiments.spec import SEED_AXIS
 from poisonclip.experiments.store import EVAL_DIRS, SPEC_FILE, ResultsStore, SweepDir
 from poisonclip.experiments.trials import Trial
 from poisonclip.io_utils import atomic_write_json, atomic_write_text
-from poisonclip.report import aggregate as A
+from poisonclip.report import tables as A
 from poisonclip.report import figures as F
 from poisonclip.report.html import Image, Section, Table, Text, write_html
 

@@ -1,58 +1,27 @@
-"""Numbers over seeds, in one place: the sweep's per-setting table, the demo's clean-vs-attack
-table and the clean-accuracy tests are all made here from the results table (one row per
-trial, flat metric columns ``poisoned.*`` and ``clean.*``, see docs/sweeps.md).
+"""The results table's views over seeds: the sweep's per-setting table, the demo's
+clean-vs-attack table, the clean-accuracy test per setting, and how a cell is printed.
 
-A cell is one metric over the models of a group (one model per seed): mean and sample
-standard deviation of the per-model values, for rates also the pooled k/n with its Wilson
-interval, and for targeted success how many distinct targets stand behind the (target,
-model) pairs, since pairs that share a target are not independent draws. Clean accuracy is
-compared by ``evaluate.stats.compare_accuracy``: the poisoned model and the clean model of a
-trial share its seed, so they pair up. Rows are taken in seed order, so the same models give
-the same floats whichever way the table was read.
+They read the results table (one row per trial, flat metric columns ``poisoned.*`` and
+``clean.*``, see docs/sweeps.md), group its rows, and hand each group's per-model values to
+``evaluate.aggregate``, where every number over seeds is made (eval-compare's too). The
+poisoned model and the clean model of a trial share its seed, so they pair up. Rows are
+taken in seed order, so the same models give the same floats whichever way the table was
+read.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
-from poisonclip.evaluate.stats import Rate, compare_accuracy, mean_std, pooled_rate
+from poisonclip.evaluate import aggregate as agg
+from poisonclip.evaluate.stats import Rate
+from poisonclip.experiments.spec import SEED_AXIS as SEED
 
-SEED = "seed"           # the replicate axis (experiments.spec.SEED_AXIS)
 HEAD = "zeroshot"
 RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
                 f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe"]
 VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
-TARGETS = "targeted_targets"   # a model's targets, ';'-joined (experiments.stages.target_ids)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def over_seeds(values: Sequence[Any], counts: Sequence[tuple[Any, Any]] | None = None,
-               targets: Sequence[Any] | None = None) -> dict[str, Any] | None:
-    """One cell: ``values`` per model (None/NaN: the model has no such number), ``counts`` the
-    (k, n) behind each rate, ``targets`` each model's target ids (';'-joined). None when no
-    model has the number."""
-    vals = [float(v) for v in values if _finite(v)]
-    if not vals:
-        return None
-    s = mean_std(vals)
-    # JSON has no NaN: an undefined spread (one model) is None
-    cell: dict[str, Any] = {"mean": s.mean, "std": s.std if math.isfinite(s.std) else None, "n_models": len(vals)}
-    rates = [Rate(int(k), int(n)) for k, n in (counts or ()) if _finite(k) and _finite(n)]
-    if rates:
-        pooled = pooled_rate(rates)
-        cell.update(k=pooled.k, n=pooled.n, ci95=list(pooled.ci95))
-        per_model = [str(t).split(";") for t in (targets or ()) if isinstance(t, str) and t]
-        if per_model:
-            sizes = [len(t) for t in per_model]
-            cell.update(n_targets_per_model=sizes[0] if len(set(sizes)) == 1 else round(sum(sizes) / len(sizes), 2),
-                        n_distinct_targets=len({t for ts in per_model for t in ts}))
-    return cell
+TARGETS = "targeted_targets"   # a model's targets, ';'-joined (evaluate.targeted.target_ids)
 
 
 def _in_seed_order(df: Any) -> Any:
@@ -60,8 +29,9 @@ def _in_seed_order(df: Any) -> Any:
 
 
 def column_cell(df: Any, col: str) -> dict[str, Any] | None:
-    """``over_seeds`` of one flat metric column (with its ``_k``/``_n`` counts and, for
-    targeted success, the targets column of the same model)."""
+    """The cell (``evaluate.aggregate.Cell.to_dict``) of one flat metric column over the rows
+    of ``df``, with its ``_k``/``_n`` counts and, for targeted success, the targets column of
+    the same model."""
     if col not in df.columns:
         return None
     df = _in_seed_order(df)
@@ -69,12 +39,14 @@ def column_cell(df: Any, col: str) -> dict[str, Any] | None:
     who = col.split(".", 1)[0]
     ids = f"{who}.{TARGETS}"
     targets = df[ids].tolist() if ".targeted_success" in col and ids in df.columns else None
-    return over_seeds(df[col].tolist(), counts, targets)
+    cell = agg.over_seeds(df[col].tolist(), counts, targets)
+    return cell.to_dict() if cell is not None else None
 
 
 def accuracy_test(df: Any, head: str = HEAD, alpha: float = 0.05) -> dict[str, Any] | None:
     """Clean accuracy of the poisoned models of ``df`` against the clean models of their
-    trials: paired by seed when the rows are distinct seeds, else Welch's test."""
+    trials (``evaluate.aggregate.accuracy_test``): each row holds a poisoned model and the
+    clean model of its seed, a pair when the rows are distinct seeds."""
     p_col, c_col = f"poisoned.top1_{head}", f"clean.top1_{head}"
     if p_col not in df.columns or c_col not in df.columns:
         return None
@@ -85,13 +57,9 @@ def accuracy_test(df: Any, head: str = HEAD, alpha: float = 0.05) -> dict[str, A
     for who, col in (("poisoned", p_col), ("clean", c_col)):
         if f"{col}_k" in sub.columns and sub[f"{col}_k"].notna().all():
             counts[who] = [Rate(int(k), int(n)) for k, n in zip(sub[f"{col}_k"], sub[f"{col}_n"])]
-    # Each row holds a poisoned model and the clean model of its seed: a pair, when the rows
-    # are distinct seeds.
-    paired = SEED in sub.columns and bool(sub[SEED].notna().all()) and bool(sub[SEED].is_unique)
-    with warnings.catch_warnings():  # scipy warns when the few values are nearly equal
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return compare_accuracy(sub[p_col].tolist(), sub[c_col].tolist(), alpha,
-                                counts.get("poisoned"), counts.get("clean"), paired=paired).to_dict()
+    seeds = sub[SEED].tolist() if SEED in sub.columns else None
+    return agg.accuracy_test(sub[p_col].tolist(), sub[c_col].tolist(), alpha, counts.get("poisoned"),
+                             counts.get("clean"), seeds, seeds).to_dict()
 
 
 def _groups(df: Any, varying: Sequence[str]) -> Iterable[tuple[tuple[Any, ...], Any]]:
