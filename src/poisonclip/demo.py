@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from poisonclip.errors import UserError
-from poisonclip.experiments.runner import EventSink, Outcome, Runner, SweepResult, no_events, run_sweep
+from poisonclip.experiments.runner import (EventSink, LocalRunner, Outcome, Runner, SweepResult, no_events,
+                                          run_sweep)
 from poisonclip.experiments.spec import SEED_AXIS, SweepSpec, load_spec, parse_spec, read_spec_name
+from poisonclip.experiments.stages import TrainEvents
 from poisonclip.experiments.store import SPEC_FILE
 from poisonclip.report.sweep_report import SUMMARY_JSON, build_report
 
@@ -77,13 +79,18 @@ class DemoResult:
 
 
 def run_demo(spec: SweepSpec, out: str | Path, on_event: EventSink = no_events, runner: Runner | None = None,
-             note: Callable[[str], None] | None = None) -> DemoResult:
+             note: Callable[[str], None] | None = None, train_events: TrainEvents | None = None) -> DemoResult:
     """Run (or resume) the demo in ``out`` and write ``out/report.html`` and
     ``out/summary.json``. A finished step is reused; a changed setting builds what it
     changes (the artefacts are keyed by their configs), so the folder can be rerun with other
     options, or hold the quick and the full demo in turn (the other one's results table moves
     to ``previous/``, its artefacts stay and are reused where they match). A folder of any
-    other sweep is refused."""
+    other sweep is refused. ``train_events`` sees every training run's events (the command's
+    per-step progress bar); the trials then run in this process (``LocalRunner``)."""
+    if train_events is not None:
+        if runner is not None:
+            raise ValueError("train_events needs the demo's own LocalRunner; give one or the other")
+        runner = LocalRunner(train_events=train_events)
     t0 = time.perf_counter()
     out = Path(out).absolute()
     owner = read_spec_name(out / SPEC_FILE)

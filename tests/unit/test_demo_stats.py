@@ -30,6 +30,21 @@ def _small_demo(seeds: int) -> object:
     return demo_spec(quick=True, seeds=seeds, raw=raw)
 
 
+def _train_events(cfg) -> list:
+    """The events of a one-epoch, two-step run of ``cfg`` as ``train.run.train`` emits them."""
+    from poisonclip.train.dataset import TrainData
+    from poisonclip.train.logparse import EpochStart, StepLog
+    from poisonclip.train.run import Launched, Processes
+
+    data = TrainData(source=str(cfg.data), origin="table", dataset_type="csv", train_data=str(cfg.data),
+                     num_samples=40, cwd=".")
+    steps = [StepLog(epoch=0, step=s, steps_in_epoch=2, loss=3.0 - s, loss_avg=3.5 - s / 2, samples_per_s=20.0,
+                     data_time=0.0, batch_time=1.0, window=1, lr=1e-3, logit_scale=14.3) for s in (1, 2)]
+    return [Launched(command=("open_clip_train",), run_dir=Path(cfg.out), data=data,
+                     processes=Processes("cpu", 1, 1), model=str(cfg.model), epochs=1, steps_per_epoch=2,
+                     batch_size=20), EpochStart(0), *steps]
+
+
 @pytest.fixture
 def stub_stages(monkeypatch):
     """Training and evaluation replaced by stubs at the library functions the sweep's stages
@@ -43,6 +58,9 @@ def stub_stages(monkeypatch):
     def fake_train(cfg, on_event=None):
         trained.append(cfg)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        if on_event is not None:   # what train.run.train reports: the launch, then open_clip's logged steps
+            for ev in _train_events(cfg):
+                on_event(ev)
         (Path(cfg.out) / RUN_INFO_FILE).write_text(json.dumps({"seed": cfg.seed, "wall_time_s": 1.0}))
         return types.SimpleNamespace(checkpoint=None, wall_time_s=1.0, samples_per_s=10.0, loss_curve=[1.0])
 
@@ -186,3 +204,24 @@ def test_the_command_prints_the_table_and_the_accuracy_tests(tmp_path, stub_stag
     assert json.loads((out / "summary.json").read_text())["config"]["corpus"]["n_train"] == 400
     again = CliRunner().invoke(app, ["demo", "--quick", "--n", "400", "--epochs", "1", "--out", str(out), "--quiet"])
     assert again.exit_code == 0 and "2 already done" in " ".join(again.output.split())
+
+
+def test_the_command_shows_each_training_step_by_step_unless_quiet(tmp_path, stub_stages):
+    """Without --quiet the demo hands its LocalRunner the trainer's progress bar
+    (train.progress.RichReporter): each model's launch line and its epoch lines appear."""
+    from typer.testing import CliRunner
+
+    from poisonclip.cli import app
+
+    trained, _ = stub_stages
+    args = ["demo", "--quick", "--n", "400", "--epochs", "1"]
+    shown = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "shown")])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert len(trained) == 3   # a clean, a backdoored and a targeted-poisoned model
+    assert text.count("training ") == 3 and text.count("run folder: ") == 3
+    assert text.count("epoch 1/1 loss 2.5000") == 3   # each run's last logged step closes its epoch
+    assert f"{trained[0].out}" in shown.output.replace("\n", "")
+    quiet = CliRunner().invoke(app, [*args, "--quiet", "--out", str(tmp_path / "quiet")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "run folder: " not in quiet.output and "epoch 1/1" not in quiet.output

@@ -154,3 +154,55 @@ def test_sweeps_given_one_cache_build_each_shared_artefact_once(tmp_path):
     run_sweep(spec(), tmp_path / "c", LocalRunner(FakeStages()))
     with pytest.raises(UserError, match="its own cache"):
         run_sweep(spec(), tmp_path / "c", LocalRunner(FakeStages()), cache=cache)
+
+
+class WatchedStages(FakeStages):
+    """Stages whose train reports its progress (as PoisonclipStages passes on train.run's events)."""
+
+    def train(self, config, data, out, on_event=None):
+        info = super().train(config, data, out)
+        if on_event is not None:
+            on_event(("trained", data.parent.name))   # cache/poison/<key> or cache/corpus/<key>
+        return info
+
+
+class KeywordStages(FakeStages):
+    def train(self, config, data, out, **options):
+        for handler in options.values():
+            handler(("trained", out.name))
+        return super().train(config, data, out)
+
+
+def test_the_local_runner_hands_its_training_event_handler_to_stages_that_take_one(tmp_path):
+    from poisonclip.experiments.stages import PoisonclipStages, takes_train_events
+
+    assert takes_train_events(PoisonclipStages()) and takes_train_events(WatchedStages())
+    assert takes_train_events(KeywordStages()) and not takes_train_events(FakeStages())
+    seen = []
+    res = run_sweep(spec(), tmp_path / "w", LocalRunner(WatchedStages(), train_events=seen.append))
+    assert [o.state for o in res.outcomes] == ["done"] * 4
+    # one event per model trained: 4 poisoned + 2 clean (one per seed), none for a reused model
+    assert Counter(data for _, data in seen) == {"poison": 4, "corpus": 2}
+    again = []
+    run_sweep(spec(grid={"poison.n_poisons": [5, 20], "seed": [0, 1, 2]}), tmp_path / "w",
+              LocalRunner(WatchedStages(), train_events=again.append))
+    assert Counter(data for _, data in again) == {"poison": 2, "corpus": 1}   # only the new seed's models
+    kw = []
+    run_sweep(spec(), tmp_path / "k", LocalRunner(KeywordStages(), train_events=kw.append))
+    assert len(kw) == 6
+
+
+def test_stages_without_the_event_parameter_still_train_under_a_watching_runner(tmp_path):
+    """A Stages written before train took on_event: the runner does not pass it (and does not
+    swallow a TypeError the training raises itself)."""
+    seen = []
+    res = run_sweep(spec(), tmp_path / "s", LocalRunner(FakeStages(), train_events=seen.append))
+    assert [o.state for o in res.outcomes] == ["done"] * 4 and seen == []
+
+    class Broken(FakeStages):
+        def train(self, config, data, out):
+            raise TypeError("a bug inside the training")
+
+    failed = run_sweep(spec(), tmp_path / "b", LocalRunner(Broken(), train_events=seen.append))
+    assert {o.state for o in failed.outcomes} == {"failed"}
+    assert all("a bug inside the training" in o.error for o in failed.outcomes)

@@ -26,13 +26,14 @@ def demo(
     quick: Annotated[bool, typer.Option(help="A small, fast run (the one the tests use).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
     n: Annotated[Optional[int], typer.Option(help="Override the corpus' training size.")] = None,
-    quiet: Annotated[bool, typer.Option(help="No live progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress bars (the sweep's and each training's).")] = False,
 ) -> None:
     """Generate the corpus, poison it two ways, train clean and poisoned models, measure, report."""
     from poisonclip.demo import SettingError, demo_spec, run_demo
     from poisonclip.experiments.progress import SweepProgress
     from poisonclip.experiments.runner import Event, count_done
     from poisonclip.report.tables import column_name, format_cell, is_percent
+    from poisonclip.train.progress import RichReporter
 
     try:
         spec = demo_spec(quick, seeds, epochs, n)
@@ -53,8 +54,9 @@ def demo(
     if quiet:
         res = run_demo(spec, out, say, note=note)
     else:
-        with SweepProgress(n_trials, n_done, 1, console=console) as progress:
-            res = run_demo(spec, out, lambda e: (say(e), progress(e)), note=note)
+        # the sweep's bar, and below it the bar of the model in training, step by step
+        with SweepProgress(n_trials, n_done, 1, console=console) as progress, RichReporter(console) as training:
+            res = run_demo(spec, out, lambda e: (say(e), progress(e)), note=note, train_events=training)
 
     summary = res.summary
     columns = summary.get("columns", [])

@@ -36,7 +36,7 @@ from poisonclip.contracts import TrialResult, remove_trial_result, write_trial_r
 from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
-from poisonclip.experiments.stages import Stages, load_stages
+from poisonclip.experiments.stages import Stages, TrainEvents, load_stages, takes_train_events
 from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, EVAL_DIRS, LOCK_FILE,
                                           SPEC_FILE, START_FILE, SWEEP_LOCK_FILE, TRIALS_DIR, TRIALS_FILE,
                                           ResultsStore, State, SweepDir, read_json, read_result, trial_state)
@@ -114,9 +114,12 @@ def _clear_attempts(parent: Path, key: str) -> None:
 # --- one trial -----------------------------------------------------------------------------
 
 def run_trial(sweep_root: str | os.PathLike, trial: Trial, stages: Stages,
-              on_event: EventSink = no_events, store: ResultsStore | None = None) -> Outcome:
+              on_event: EventSink = no_events, store: ResultsStore | None = None,
+              train_events: TrainEvents | None = None) -> Outcome:
     """Run one trial to completion unless it is done or running elsewhere. Never raises for a
-    failing stage: the error is written to ``error.json`` and returned as a failed outcome."""
+    failing stage: the error is written to ``error.json`` and returned as a failed outcome.
+    ``train_events``: handed to ``stages.train`` as ``on_event`` (when it takes one) for each
+    model this trial trains."""
     sweep = SweepDir(Path(sweep_root))
     folder = sweep.trial(trial.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +137,8 @@ def run_trial(sweep_root: str | os.PathLike, trial: Trial, stages: Stages,
         atomic_write_json(folder / START_FILE, {**trial.to_dict(), "started": started,
                                                 "host": socket.gethostname(), "pid": os.getpid()})
         try:
-            metrics = _stages_of_trial(sweep, trial, stages, lambda s: on_event(Event("stage", trial.name, s)))
+            metrics = _stages_of_trial(sweep, trial, stages, lambda s: on_event(Event("stage", trial.name, s)),
+                                       train_events)
         except Exception as e:  # noqa: BLE001 - any stage failure is the trial's result, not the sweep's
             error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(),
                      "started": started, "time": time.time(), "host": socket.gethostname()}
@@ -154,10 +158,12 @@ def run_trial(sweep_root: str | os.PathLike, trial: Trial, stages: Stages,
         return outcome
 
 
-def _stages_of_trial(sweep: SweepDir, trial: Trial, stages: Stages,
-                     stage_event: Callable[[str], None]) -> dict[str, Any]:
+def _stages_of_trial(sweep: SweepDir, trial: Trial, stages: Stages, stage_event: Callable[[str], None],
+                     train_events: TrainEvents | None = None) -> dict[str, Any]:
     cfg, keys = trial.config, trial.keys
     folder = sweep.trial(trial.name)
+    # a Stages without the on_event parameter trains as before, unwatched
+    watch = {"on_event": train_events} if train_events is not None and takes_train_events(stages) else {}
 
     stage_event("corpus")
     corpus, _ = ensure_artefact(sweep, "corpus", keys.corpus,
@@ -169,13 +175,13 @@ def _stages_of_trial(sweep: SweepDir, trial: Trial, stages: Stages,
                                           {"config": cfg["poison"], "corpus": keys.corpus})
     stage_event("train")
     model, model_info = ensure_artefact(sweep, "model", keys.model,
-                                        lambda out: stages.train(cfg["train"], poison, out),
+                                        lambda out: stages.train(cfg["train"], poison, out, **watch),
                                         {"config": cfg["train"], "data": keys.poison})
     metrics: dict[str, Any] = {"data": poison_info["info"], "model": model_info["info"]}
     if trial.baseline:
         stage_event("train-clean")
         clean, clean_info = ensure_artefact(sweep, "model", keys.clean_model,
-                                            lambda out: stages.train(cfg["train"], corpus, out),
+                                            lambda out: stages.train(cfg["train"], corpus, out, **watch),
                                             {"config": cfg["train"], "data": keys.corpus})
         metrics["clean_model"] = clean_info["info"]
     stage_event("eval")
@@ -202,15 +208,18 @@ class Runner(Protocol):
 
 @dataclass
 class LocalRunner:
-    """Trials one after another in this process."""
+    """Trials one after another in this process. ``train_events`` sees every training run's
+    events (a live progress bar: ``train.progress.RichReporter``); only this runner has one, the
+    others train in processes of their own."""
 
     stages: Stages | None = None   # injected (tests); otherwise loaded from the spec
+    train_events: TrainEvents | None = None
 
     def run(self, sweep_root: Path, trials: Sequence[Trial], stages_ref: str,
             on_event: EventSink = no_events) -> list[Outcome]:
         stages = self.stages or load_stages(stages_ref)
         store = ResultsStore(SweepDir(sweep_root).db)
-        return [run_trial(sweep_root, t, stages, on_event, store) for t in trials]
+        return [run_trial(sweep_root, t, stages, on_event, store, self.train_events) for t in trials]
 
 
 def cpu_count() -> int:

@@ -4,8 +4,9 @@ A sweep knows four operations, each writing into a folder it is given::
 
     corpus(cfg, out)                          -> info    the dataset to poison and test on
     poison(cfg, corpus, out)                  -> info    a poisoned dataset folder (poison.json)
-    train(cfg, data, out)                     -> info    a run folder (run.json); data is a poison
-                                                         folder, or the corpus for clean baselines
+    train(cfg, data, out[, on_event])         -> info    a run folder (run.json); data is a poison
+                                                         folder, or the corpus for clean baselines;
+                                                         on_event: the trainer's events (optional)
     evaluate(cfg, run, corpus, poison, out)   -> metrics flat {name: number} for the results table
 
 plus ``resolve(stage, mapping)``, which validates one stage's section of a spec against the
@@ -28,13 +29,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from poisonclip.attacks.plan import jsonable
 from poisonclip.contracts import (CLASSNAMES_FILE, POISON_INFO_FILE, PROBE_TABLE, TEST_TABLE, TRAIN_TABLE,
                                   CorpusPaths, write_external_corpus)
 from poisonclip.errors import SettingError, UserError
+
+# A training run's event handler (``train.run.EventHandler``: Launched, StepLog, ... events), which
+# a runner that shows progress in this process hands to ``Stages.train``.
+TrainEvents = Callable[[object], None]
 
 # Fields of EvalConfig the sweep fills in itself; a spec may not set them.
 _EVAL_PATHS = {"data", "out", "run", "model", "checkpoint", "poison", "classnames", "overwrite"}
@@ -47,10 +53,23 @@ class Stages(Protocol):
 
     def poison(self, config: Mapping[str, Any], corpus: Path, out: Path) -> Mapping[str, Any] | None: ...
 
-    def train(self, config: Mapping[str, Any], data: Path, out: Path) -> Mapping[str, Any] | None: ...
+    def train(self, config: Mapping[str, Any], data: Path, out: Path,
+              on_event: TrainEvents | None = None) -> Mapping[str, Any] | None: ...
 
     def evaluate(self, config: Mapping[str, Any], run: Path, corpus: Path, poison: Path | None,
                  out: Path) -> Mapping[str, Any]: ...
+
+
+def takes_train_events(stages: Any) -> bool:
+    """Whether ``stages.train`` takes ``on_event=``: the parameter came later than the protocol,
+    and a Stages written without it must keep working (its training runs without a live view).
+    Asked of the signature, not by calling and catching TypeError, which would also catch a
+    TypeError from inside the training."""
+    try:
+        params = inspect.signature(stages.train).parameters
+    except (TypeError, ValueError):   # no signature to read (a builtin, a C extension)
+        return False
+    return "on_event" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def load_stages(ref: str) -> Stages:
@@ -261,13 +280,14 @@ class PoisonclipStages:
         return {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
                 "poison_ratio": res.n_poisons / total if total else None}
 
-    def train(self, config: Mapping[str, Any], data: Path, out: Path) -> dict[str, Any]:
+    def train(self, config: Mapping[str, Any], data: Path, out: Path,
+              on_event: TrainEvents | None = None) -> dict[str, Any]:
         from poisonclip.train.run import TrainConfig, train
 
         config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
         source = str(data) if (data / POISON_INFO_FILE).is_file() else CorpusPaths.from_folder(data).train
         with _as_spec_keys("train"):
-            res = train(TrainConfig(data=str(source), out=str(out), **config))
+            res = train(TrainConfig(data=str(source), out=str(out), **config), on_event=on_event)
         from poisonclip.train.models import checkpoint_params
 
         return {"n_params": checkpoint_params(res.checkpoint), "wall_time_s": round(res.wall_time_s, 3),

@@ -15,7 +15,9 @@ from poisonclip.train.run import Launched, Output
 
 
 class RichReporter:
-    """Callable event handler; use as a context manager around ``train``."""
+    """Callable event handler; use as a context manager around ``train`` (or around several
+    runs, as the demo does: each new run replaces the previous run's bar, whose epoch lines
+    stay printed). Inside another live display (the demo's sweep bar) it shows below it."""
 
     def __init__(self, console: Console, verbose: bool = False):
         self.console = console
@@ -49,6 +51,9 @@ class RichReporter:
                             f"{ev.steps_per_epoch} steps, {where}")
             p.console.print(f"run folder: {escape(str(ev.run_dir))}")
             self.epochs, self.steps, self.batch = ev.epochs, ev.steps_per_epoch, ev.batch_size
+            self._time = 0.0
+            if self.task is not None:   # the previous run's bar
+                p.remove_task(self.task)
             p.start()  # only now: a request refused before launch leaves the console clean
             self.task = p.add_task(f"epoch 1/{ev.epochs}", total=ev.epochs * ev.steps_per_epoch,
                                    loss="-", sps="-")
