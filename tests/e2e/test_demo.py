@@ -125,7 +125,7 @@ def test_second_run_reuses_every_finished_step(tmp_path):
     assert seen[-3:] == [("attack=backdoor__seed=0", "train"), ("attack=backdoor__seed=0", "train-clean"),
                          ("attack=backdoor__seed=0", "eval")]
     assert len(list(out.glob("cache/model/*.json"))) == 2      # complete: their markers are written
-    assert not list(out.glob("trials/*/metrics.json")) and not list(out.glob("trials/*/*/metrics.json"))
+    assert not list(out.glob("trials/*/result.json")) and not list(out.glob("trials/*/*/metrics.json"))
     assert not (out / "summary.json").exists() and not (out / "report.html").exists()
     first = {p: p.stat().st_mtime_ns for p in (*out.glob("cache/*/*.json"), *out.glob("cache/*/*/run.json"),
                                                *out.glob("cache/*/*/poison.json"), *out.glob("cache/*/*/corpus.json"))}
