@@ -59,16 +59,18 @@ def write_corpus(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, .
                  shard_size: int = 10_000, overwrite: bool = False) -> CorpusPaths:
     """Generate the corpus and write it atomically into ``out`` (all or nothing)."""
     corpus = generate(cfg)
+    # Absolute image paths under the final folder: open_clip_train reads them from any directory.
+    root = os.path.abspath(out)
     with atomic_dir(out, overwrite=overwrite, kind=CORPUS_KIND) as tmp:
         files = {}
         if "csv" in formats:
-            files[TRAIN_CSV] = write_csv(corpus.train, tmp, name=TRAIN_CSV, extra_columns=("label",))
+            files[TRAIN_CSV] = write_csv(corpus.train, tmp, name=TRAIN_CSV, extra_columns=("label",), path_root=root)
         if "webdataset" in formats:
             write_shards(corpus.train, tmp / SHARDS_DIR, shard_size=shard_size)
-        files[TEST_CSV] = write_labelled_csv(corpus.test, corpus.classnames, tmp, name=TEST_CSV)
+        files[TEST_CSV] = write_labelled_csv(corpus.test, corpus.classnames, tmp, name=TEST_CSV, path_root=root)
         if corpus.probe:
             files[PROBE_CSV] = write_labelled_csv(corpus.probe, corpus.classnames, tmp, name=PROBE_CSV,
-                                                  image_dir=PROBE_IMAGES)
+                                                  image_dir=PROBE_IMAGES, path_root=root)
         atomic_write_json(tmp / INFO_FILE, {
             "generator": "poisonclip.data.synthetic",
             "config": dataclasses.asdict(cfg),
