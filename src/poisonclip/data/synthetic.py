@@ -469,7 +469,7 @@ def render_image(cfg: SynthConfig, label: int, rng: np.random.Generator,
     for cx, cy in centres:
         near |= (np.abs(gx - cx) <= half) & (np.abs(gy - cy) <= half)
     bg_lum = float((img[near] @ _LUM).mean())
-    obj = _pick_contrasting(rng, bg_lum)
+    obj = _pick_contrasting(rng, bg_lum, gap=50.0)
     fill = np.clip(_COLOR_RGB[obj] * rng.uniform(0.88, 1.08), 0, 255)
 
     pattern = _choice(rng, PATTERNS[1:]) if rng.random() < cfg.p_pattern else "solid"
@@ -738,8 +738,9 @@ def make_caption(cfg: SynthConfig, label: int, attrs: dict, rng: np.random.Gener
     text = " ".join(text.split())
     typo = False
     if rng.random() < cfg.p_typo:
+        before = text
         text, hit = _add_typo(text, noun, rng)
-        typo = True
+        typo = text != before
         if hit and kind in ("correct", "extra_object"):
             kind = "typo"
     if rng.random() < 0.15:
