@@ -43,9 +43,12 @@ def _train(cwd: Path, logs: Path, data_args: list[str]) -> Path:
     return logs / "run"
 
 
-def test_csv_trains_unchanged(corpus, tmp_path):
-    # open_clip opens image paths relative to its working directory: run from the table's folder.
-    _train(corpus, tmp_path / "logs", ["--train-data", "train.tsv", "--dataset-type", "csv"])
+def test_csv_trains_unchanged_from_any_working_directory(corpus, tmp_path):
+    # open_clip opens image paths relative to its working directory; the corpus' tables hold
+    # absolute paths, so the trainer runs from a folder that is not the table's.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _train(elsewhere, tmp_path / "logs", ["--train-data", str(corpus / "train.tsv"), "--dataset-type", "csv"])
 
 
 def test_webdataset_trains_unchanged(corpus, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from typer.testing import CliRunner
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 from poisonclip.cli import app
 from poisonclip.data.csv_io import read_csv
 from poisonclip.data.evalset import load_labelled
+from poisonclip.data.synthetic import CLASSNAMES
 from poisonclip.data.wds_io import read_shards
 from poisonclip.io_utils import sha256_file
 
@@ -21,7 +23,20 @@ def _synth(out, seed=0, n=60):
 
 
 def _hashes(root):
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    """sha256 of every file; tables hash with their own folder written as ROOT (their image
+    paths are absolute, so two folders differ there and nowhere else) and corpus.json without
+    the tables' hashes (checked against the files)."""
+    def digest(p):
+        if p.name == "corpus.json":
+            info = json.loads(p.read_text())
+            tables = info.pop("sha256")
+            assert tables == {name: sha256_file(root / name) for name in tables}
+            return json.dumps(info, sort_keys=True)
+        if p.suffix != ".tsv":
+            return sha256_file(p)
+        return hashlib.sha256(p.read_bytes().replace(str(root).encode(), b"ROOT")).hexdigest()
+
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_synth_writes_csv_shards_and_labelled_test_split(tmp_path):
@@ -34,7 +49,7 @@ def test_synth_writes_csv_shards_and_labelled_test_split(tmp_path):
     assert [s.key for s in train] == [s.key for s in shards]
     assert [s.image for s in train] == [s.image for s in shards]
     test = load_labelled(root / "test.tsv")
-    assert len(test.samples) == 20 and len(test.classnames) == 10
+    assert len(test.samples) == 20 and test.classnames == list(CLASSNAMES)
     info = json.loads((root / "corpus.json").read_text())
     assert info["n_train"] == 60 and info["config"]["seed"] == 0
     assert json.loads((root / "shards" / "sizes.json").read_text()) == {
@@ -46,6 +61,7 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path
         assert _synth(tmp_path / name, seed=seed).exit_code == 0
     a, b, c = (_hashes(tmp_path / x) for x in "abc")
     assert a == b
+    assert (tmp_path / "a" / "train.tsv").read_bytes() != (tmp_path / "b" / "train.tsv").read_bytes()  # own paths
     assert a["train.tsv"] != c["train.tsv"] and a["shards/00000.tar"] != c["shards/00000.tar"]
 
 

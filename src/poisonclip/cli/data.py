@@ -32,7 +32,8 @@ def synth(
     n: Annotated[Optional[int], typer.Option(help="Training samples (default: the demo's size).")] = None,
     n_test: Annotated[Optional[int], typer.Option(help="Labelled test samples.")] = None,
     classes: Annotated[Optional[int], typer.Option(help="Number of object classes.")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(
+        help="Test/probe image side in pixels; training images have sides of 0.75-1.5x it.")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, byte-identical files.")] = 0,
     fmt: Annotated[Format, typer.Option("--format", help="Which training formats to write.")] = Format.both,
     shard_size: Annotated[int, typer.Option(help="Samples per WebDataset shard.")] = 10_000,

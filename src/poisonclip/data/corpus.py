@@ -27,16 +27,18 @@ def write_corpus(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, .
                  shard_size: int = 10_000, overwrite: bool = False) -> CorpusPaths:
     """Generate the corpus and write it atomically into ``out`` (all or nothing)."""
     corpus = generate(cfg)
+    # Absolute image paths under the final folder: open_clip_train reads them from any directory.
+    root = os.path.abspath(out)
     with atomic_dir(out, overwrite=overwrite, kind=CORPUS_KIND) as tmp:
         files = {}
         if "csv" in formats:
-            files[TRAIN_TABLE] = write_csv(corpus.train, tmp, name=TRAIN_TABLE, extra_columns=("label",))
+            files[TRAIN_TABLE] = write_csv(corpus.train, tmp, name=TRAIN_TABLE, extra_columns=("label",), path_root=root)
         if "webdataset" in formats:
             write_shards(corpus.train, tmp / SHARDS_DIR, shard_size=shard_size)
-        files[TEST_TABLE] = write_labelled_csv(corpus.test, corpus.classnames, tmp, name=TEST_TABLE)
+        files[TEST_TABLE] = write_labelled_csv(corpus.test, corpus.classnames, tmp, name=TEST_TABLE, path_root=root)
         if corpus.probe:
             files[PROBE_TABLE] = write_labelled_csv(corpus.probe, corpus.classnames, tmp, name=PROBE_TABLE,
-                                                    image_dir=PROBE_IMAGES_DIR)
+                                                    image_dir=PROBE_IMAGES_DIR, path_root=root)
         write_corpus_info(tmp, CorpusInfo(
             generator="poisonclip.data.synthetic", config=dataclasses.asdict(cfg),
             classnames=tuple(corpus.classnames), n_train=len(corpus.train), n_test=len(corpus.test),

@@ -2,7 +2,8 @@
 
 open_clip (``--dataset-type csv``) reads a table with an image-path column (``filepath``)
 and a caption column (``title``), tab-separated by default. We write exactly that, with
-paths relative to the table's folder, and read tables written by anyone.
+paths relative to the table's folder (or absolute, see ``write_csv``), and read tables
+written by anyone.
 """
 
 from __future__ import annotations
@@ -249,12 +250,16 @@ def write_table(path: str | os.PathLike, rows: Iterable[dict[str, object]],
 
 def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str = TRAIN_TABLE,
               image_dir: str = "images", extra_columns: Sequence[str] = (),
-              sep: str = "\t", report: SkipReport | None = None) -> Path:
+              sep: str = "\t", report: SkipReport | None = None,
+              path_root: str | os.PathLike | None = None) -> Path:
     """Write images under ``out_dir/image_dir`` and a table ``out_dir/name`` that open_clip reads.
 
     The table is written last, so a crash never leaves a table that points at missing
     images. Extra columns come from each sample's meta (open_clip ignores them). Image file
     names are unique (``KeyNames``); a repeated or empty key is skipped and counted.
+    Image paths are relative to the table's folder, or, with ``path_root`` (the folder
+    ``out_dir`` will finally be, when it is written elsewhere and renamed), absolute under
+    it: open_clip_train opens them relative to its working directory, not to the table.
     """
     out_dir = Path(out_dir)
     (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
@@ -266,7 +271,8 @@ def write_csv(samples: Iterable[Sample], out_dir: str | os.PathLike, name: str =
             continue
         rel = f"{image_dir}/{stem}.{s.ext}"
         (out_dir / rel).write_bytes(s.image)
-        row: dict[str, object] = {"key": s.key, OPEN_CLIP_IMG_KEY: rel, OPEN_CLIP_CAPTION_KEY: s.caption}
+        where = rel if path_root is None else os.path.join(path_root, image_dir, f"{stem}.{s.ext}")
+        row: dict[str, object] = {"key": s.key, OPEN_CLIP_IMG_KEY: where, OPEN_CLIP_CAPTION_KEY: s.caption}
         row.update({c: s.meta.get(c) for c in extra_columns})
         rows.append(row)
     cols = [OPEN_CLIP_IMG_KEY, OPEN_CLIP_CAPTION_KEY, "key", *extra_columns]

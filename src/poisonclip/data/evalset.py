@@ -108,8 +108,10 @@ def load_labelled(path: str | os.PathLike, classnames_file: str | os.PathLike | 
 
 def write_labelled_csv(samples: Iterable[Sample], classnames: Sequence[str],
                        out_dir: str | os.PathLike, name: str = TEST_TABLE,
-                       image_dir: str = "test_images") -> Path:
-    """Images + a table with a ``label`` column + ``classnames.txt`` (written first)."""
+                       image_dir: str = "test_images", path_root: str | os.PathLike | None = None) -> Path:
+    """Images + a table with a ``label`` column + ``classnames.txt`` (written first);
+    ``path_root`` as in ``write_csv``."""
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / CLASSNAMES_FILE, "\n".join(classnames) + "\n")
-    return write_csv(samples, out_dir, name=name, image_dir=image_dir, extra_columns=("label",))
+    return write_csv(samples, out_dir, name=name, image_dir=image_dir, extra_columns=("label",),
+                     path_root=path_root)
