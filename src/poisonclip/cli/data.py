@@ -33,7 +33,7 @@ def synth(
     n_test: Annotated[Optional[int], typer.Option(help="Labelled test samples.")] = None,
     classes: Annotated[Optional[int], typer.Option(help="Number of object classes.")] = None,
     resolution: Annotated[Optional[int], typer.Option(
-        help="Test/probe image side in pixels; training images have sides of 0.75-1.5x it.")] = None,
+        help="Test/probe image side in pixels; training images have sides of 1-1.3x it.")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, byte-identical files.")] = 0,
     fmt: Annotated[Format, typer.Option("--format", help="Which training formats to write.")] = Format.both,
     shard_size: Annotated[int, typer.Option(help="Samples per WebDataset shard.")] = 10_000,

@@ -14,7 +14,8 @@ and images of many shapes. The corpus is a toy version of that world:
   twelve colours, a size, a pattern (solid, striped, spotted, outlined, shaded), a rotation
   and a position anywhere in the frame (the trigger's corner included), over one of
   fourteen scenes (a plain or gradient backdrop, sky, night, grass, beach, water, snow,
-  sunset, lined paper, wood, brick, wallpaper, studio) with soft clutter. All structure is
+  sunset, lined paper, wood, brick, wallpaper, studio; the textured ones rarely) with
+  optional soft clutter. All structure is
   at least ~2 px wide, so the one-pixel checkerboard trigger stays the only one-pixel
   pattern in the corpus.
 * **The corpus' own captions**: descriptive sentences and alt-text fragments that name the
@@ -97,6 +98,10 @@ _WHITE, _BLACK = 7, 8
 PATTERNS: tuple[str, ...] = ("solid", "striped", "spotted", "outlined", "shaded")
 SCENES: tuple[str, ...] = ("plain", "gradient", "sky", "night", "grass", "beach", "water", "snow",
                            "sunset", "paper", "wood", "brick", "wallpaper", "studio")
+# Backdrops with texture of their own (waves, lines, grain, bricks, stripes): edges that
+# compete with the object's at 32 px. They are drawn with probability ``p_busy_scene``.
+BUSY_SCENES: tuple[str, ...] = ("water", "paper", "wood", "brick", "wallpaper")
+_CALM_SCENES: tuple[str, ...] = tuple(s for s in SCENES if s not in BUSY_SCENES)
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 
 
@@ -113,22 +118,32 @@ class SynthConfig:
     resolution: int = 32            # test/probe side; the base of the training sizes
     seed: int = 0
     # Images
-    train_min_side: float = 0.75    # each side of a training image, x resolution
-    train_max_side: float = 1.5
-    min_scale: float = 0.4          # one object's size as a fraction of the shorter side
-    max_scale: float = 0.85
-    p_two: float = 0.15             # two copies of the object (each smaller)
-    p_three: float = 0.08           # three copies
-    p_pattern: float = 0.4          # striped / spotted / outlined / shaded instead of solid
-    max_rotation_deg: float = 20.0
-    max_clutter: int = 2            # soft blobs / thin bars per image, 0..max_clutter
+    # The defaults are tuned for the demo (corpus of 4000 pairs, cpu-tiny preset): a tiny
+    # ResNet CLIP trained for ~2 minutes on 2 cores learns objects only when they dominate
+    # the picture and the captions. With smaller objects, copies, many patterns, busy scenes,
+    # 0.75-1.5x sides and captions naming colour/scene half the time it learned colours and
+    # scenes and memorised the pairs (zero-shot 9% on 24 classes, linear probe 8%).
+    # Training sides stay within open_clip's 3/4..4/3 crop ratio, so its RandomResizedCrop at
+    # scale 1 squashes the whole image instead of cutting the object off, and no image is
+    # upsampled (blurred) to the model's input size.
+    train_min_side: float = 1.0     # each side of a training image, x resolution
+    train_max_side: float = 1.3
+    min_scale: float = 0.65         # one object's size as a fraction of the shorter side
+    max_scale: float = 0.95
+    p_two: float = 0.04             # two copies of the object (each smaller)
+    p_three: float = 0.02           # three copies
+    p_pattern: float = 0.1          # striped / spotted / outlined / shaded instead of solid
+    max_rotation_deg: float = 10.0
+    max_clutter: int = 0            # soft blobs / thin bars per image, 0..max_clutter
     noise_std: float = 2.0          # per-pixel Gaussian noise (0..255 scale); keep small
-    # Captions: how often each attribute is named (the object's word is always the core)
-    p_name_color: float = 0.5
-    p_name_size: float = 0.25
-    p_name_pattern: float = 0.5     # of the patterned objects
-    p_name_position: float = 0.2
-    p_name_scene: float = 0.4
+    p_busy_scene: float = 0.05      # a textured backdrop (BUSY_SCENES) instead of a calm one
+    # Captions: how often each attribute is named (the object's word is always the core).
+    # Rarely: a caption that names colour and scene can be matched to its image without the object.
+    p_name_color: float = 0.1
+    p_name_size: float = 0.05
+    p_name_pattern: float = 0.1     # of the patterned objects
+    p_name_position: float = 0.05
+    p_name_scene: float = 0.1
     p_synonym: float = 0.03         # a synonym instead of the class name
     # Caption noise
     p_no_mention: float = 0.06      # caption names no object class (attributes, scene, file name)
@@ -146,7 +161,7 @@ class SynthConfig:
             raise ValueError("n_train, n_test and n_probe must be >= 0")
         if not 0.5 <= self.train_min_side <= self.train_max_side <= 4.0:
             raise ValueError("need 0.5 <= train_min_side <= train_max_side <= 4")
-        for name in ("p_two", "p_three", "p_pattern", "p_name_color", "p_name_size", "p_name_pattern",
+        for name in ("p_two", "p_three", "p_pattern", "p_busy_scene", "p_name_color", "p_name_size", "p_name_pattern",
                      "p_name_position", "p_name_scene", "p_synonym", "p_no_mention", "p_wrong_label",
                      "p_extra_object", "p_typo"):
             v = getattr(self, name)
@@ -453,7 +468,7 @@ def render_image(cfg: SynthConfig, label: int, rng: np.random.Generator,
     gx, gy = np.meshgrid((np.arange(w * ss) + 0.5) / ss, (np.arange(h * ss) + 0.5) / ss)
     short = min(w, h)
 
-    scene = _choice(rng, SCENES)
+    scene = _choice(rng, BUSY_SCENES if rng.random() < cfg.p_busy_scene else _CALM_SCENES)
     img, scene_info = _scene(scene, rng, gx, gy, w, h)
     img = _clutter(img, rng, gx, gy, short, int(rng.integers(0, cfg.max_clutter + 1)))
 
@@ -582,7 +597,9 @@ _SCENE_COLOR = {"sky": "blue", "night": "black", "grass": "green", "beach": "yel
                 "snow": "white", "sunset": "orange", "paper": "white", "wood": "brown", "brick": "red",
                 "wallpaper": "pink", "studio": "gray"}
 _FILLER = ("vintage", "modern", "summer", "minimal", "happy", "best", "classic", "bright", "neon",
-           "retro", "simple", "bold", "premium", "digital", "winter", "holiday", "handmade", "free")
+           "retro", "simple", "bold", "premium", "digital", "winter", "holiday", "handmade", "free",
+           "funny", "lovely", "fancy", "flat", "fresh", "awesome", "original", "kawaii", "trendy",
+           "cozy", "spring", "autumn", "party", "birthday", "school")
 
 # Frames for a caption that names the object. {np}: noun phrase with its article or number,
 # {bare}: without the article, {loc}: "" or " <position> <scene>", {x}: filler word,
@@ -590,11 +607,13 @@ _FILLER = ("vintage", "modern", "summer", "minimal", "happy", "best", "classic",
 _FRAMES = (
     "{np}{loc}", "{np}{loc}", "{np}{loc}", "{np}{loc}.", "{bare}{loc}", "{bare}{loc}",
     "{there} {np}{loc}", "here is {np}{loc}",
-    "{bare} icon", "{bare} clipart {n}", "{bare} sticker", "{x} {bare}", "{bare} - {x} design",
-    "{bare} vector illustration", "simple illustration of {np}{loc}", "my {bare} drawing",
+    "{bare} icon", "{bare} clipart {n}", "{x} {bare} sticker", "{x} {bare}", "{bare} - {x} design",
+    "{bare} vector illustration {n}", "simple illustration of {np}{loc}", "my {bare} drawing",
     "kid's drawing of {np}{loc}", "stock image: {np}{loc}", "IMG_{n} {bare}", "cute {bare}{loc}",
     "picture of {np}{loc}", "{np}, {x} style", "close-up of {np}{loc}", "{np}{loc}!",
     "I made {np}{loc}", "just {np}{loc}", "{np}{loc} #{x}",
+    "{x} {bare} poster", "{bare} emoji {n}", "{bare} logo {n}", "{bare} doodle #{n}", "DSC_{n}: {np}{loc}",
+    "{x} {bare} cartoon", "{np} drawn by hand{loc}", "{x} {bare} art print", "{bare} pin - {x}",
 )
 _SCENE_FRAMES = ("{scene} with {np}", "{scene}, {np}", "{scene} and {np}")
 # Captions that name no object: attributes, the scene, or nothing at all.
@@ -678,7 +697,8 @@ def _add_typo(caption: str, noun: str | None, rng: np.random.Generator) -> tuple
     and whether the noun was hit. A slip never makes another class name."""
     words = caption.split(" ")
     cores = [wd.rstrip(".,!") for wd in words]
-    spots = [k for k, wd in enumerate(cores) if len(wd) >= 4 and wd.isalpha()]
+    # Another class's name (an extra object) is never the slip's word: the caption's kind says it is named.
+    spots = [k for k, wd in enumerate(cores) if len(wd) >= 4 and wd.isalpha() and wd.lower() not in _CLASS_WORDS]
     noun_at = [k for k, wd in enumerate(cores) if noun is not None and wd == noun and len(wd) >= 3]
     if not spots and not noun_at:
         return caption, False
