@@ -36,8 +36,8 @@ def _expected(quick: bool, seed: int) -> dict[str, dict]:
     if quick:   # test-sized: 1500 pairs, batch 128 x 30 epochs, 5% backdoor poisons, 2 targets x 3 copies
         corpus, train = SynthConfig(n_train=1500, n_test=300, n_probe=300), dict(epochs=30, batch_size=128)
         n_backdoor, copies = 79, 3
-    else:       # the full demo: 4000 pairs, the preset's schedule, 40 poisons (1%), 2 targets x 4 copies
-        corpus, train = SynthConfig(n_train=4000, n_test=1000, n_probe=1000), {}
+    else:       # the full demo: 4000 pairs of 20 classes, the preset's schedule, 40 poisons (1%), 2 targets x 4 copies
+        corpus, train = SynthConfig(n_train=4000, n_test=1000, n_probe=1000, n_classes=20), {}
         n_backdoor, copies = 40, 4
     tcfg = TrainConfig.from_preset("cpu-tiny", "-", "-", seed=seed, **train)
     backdoor = BackdoorConfig(data="-", out="-", target_label="star", n_poisons=n_backdoor, patch_size=32,

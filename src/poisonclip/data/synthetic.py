@@ -130,13 +130,13 @@ class SynthConfig:
     train_max_side: float = 1.3
     min_scale: float = 0.65         # one object's size as a fraction of the shorter side
     max_scale: float = 0.95
-    p_two: float = 0.04             # two copies of the object (each smaller)
-    p_three: float = 0.02           # three copies
+    p_two: float = 0.02             # two copies of the object (each smaller)
+    p_three: float = 0.01           # three copies
     p_pattern: float = 0.1          # striped / spotted / outlined / shaded instead of solid
     max_rotation_deg: float = 10.0
     max_clutter: int = 0            # soft blobs / thin bars per image, 0..max_clutter
     noise_std: float = 2.0          # per-pixel Gaussian noise (0..255 scale); keep small
-    p_busy_scene: float = 0.05      # a textured backdrop (BUSY_SCENES) instead of a calm one
+    p_busy_scene: float = 0.02      # a textured backdrop (BUSY_SCENES) instead of a calm one
     # Captions: how often each attribute is named (the object's word is always the core).
     # Rarely: a caption that names colour and scene can be matched to its image without the object.
     p_name_color: float = 0.1
