@@ -66,10 +66,10 @@ def test_sweep_table_with_an_unknown_column(sweep, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--seeds", "0"], "--seeds must be at least 1, got 0"),
-    (["--seeds", "-2"], "--seeds must be at least 1, got -2"),
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-    (["--n", "50"], "--n must be at least 100, got 50"),
+    (["--seeds", "0"], "--seeds: must be at least 1, got 0"),
+    (["--seeds", "-2"], "--seeds: must be at least 1, got -2"),
+    (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["--n", "50"], "--n: must be at least 100, got 50"),
 ])
 def test_demo_with_bad_counts(tmp_path, args, needle):
     _one_line_error(runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet", *args]), needle)

@@ -84,8 +84,8 @@ def test_options_replace_seeds_epochs_and_training_size_and_are_checked():
     assert spec.base["train"]["epochs"] == 5 and spec.base["corpus"]["n_train"] == 400
     assert spec.base["corpus"]["n_test"] == 300 and spec.name == "demo-quick"
     assert spec_file(quick=True).name == "demo-quick.yaml" and spec_file().name == "demo.yaml"
-    for bad, match in (({"seeds": 0}, "seeds must be at least 1, got 0"), ({"epochs": 0}, "epochs must be"),
-                       ({"n_train": 50}, "n_train must be at least 100, got 50")):
+    for bad, match in (({"seeds": 0}, "seeds: must be at least 1, got 0"), ({"epochs": 0}, "epochs: must be"),
+                       ({"n_train": 50}, "n_train: must be at least 100, got 50")):
         with pytest.raises(UserError, match=match):
             demo_spec(quick=True, **bad)
 
