@@ -44,8 +44,8 @@ def detect_command(
     if s.scoring:
         first = next(iter(s.scoring.values()))
         t = Table(title=f"{s.n_samples} samples, {first.n_poisons} poisons (manifest)", title_justify="left")
-        for col in ("method", "AUROC", "avg. precision", "recall @1% flagged", "recall @5% flagged",
-                    "clean removed @1% / @5%"):
+        t.add_column("method", no_wrap=True)
+        for col in ("AUROC", "AP", "recall @1%", "recall @5%", "clean removed @1% / @5%"):
             t.add_column(col)
         for m, sc in s.scoring.items():
             f1, f5 = sc.flagged
@@ -53,6 +53,8 @@ def detect_command(
                       "-" if sc.average_precision is None else f"{sc.average_precision:.3f}",
                       _pct(f1.recall), _pct(f5.recall), f"{f1.clean_removed} / {f5.clean_removed}")
         console.print(t)
+        console.print("AP: average precision; @1%, @5%: a threshold at the score of the top 1% (5%) of the "
+                      "data, ties included")
     else:
         console.print(f"{s.n_samples} samples scored; no manifest, so no ground truth to measure against")
     console.print(f"wrote [bold]{res.out / DETECT_SCORES_FILE}[/] and [bold]{res.out / DETECT_INFO_FILE}[/]")

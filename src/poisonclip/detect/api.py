@@ -123,6 +123,11 @@ def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> 
                            "written by `poisonclip train`")
     if cfg.batch_size <= 0:
         raise SettingError("batch_size", f"must be positive, got {cfg.batch_size}")
+    run = None
+    if cfg.model is not None:   # checked even when no detector asked for it: a wrong folder is a mistake
+        from poisonclip.evaluate.embed import resolve_run
+
+        run = resolve_run(cfg.model)
     given = [*input_paths(cfg.data), *([cfg.model] if cfg.model else [])]
     check_out(cfg.out, DETECT_KIND, overwrite=cfg.overwrite, inputs=given)   # before minutes of scoring
     say("reading the data")
@@ -130,12 +135,11 @@ def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> 
     manifest = find_manifest(cfg.manifest, data.poison_json)
     is_poison = _poison_mask(manifest, data.keys) if manifest is not None else None
     model_sha = None
-    if cfg.model is not None and any(d.uses_model for d in found):
-        from poisonclip.evaluate.embed import load_model, resolve_run
+    if run is not None and any(d.uses_model for d in found):
+        from poisonclip.evaluate.embed import load_model
 
         say("loading the model")
-        name, ckpt = resolve_run(cfg.model)
-        data.inputs.model = load_model(name, ckpt, cfg.device)
+        data.inputs.model = load_model(*run, cfg.device)
         model_sha = data.inputs.model.checkpoint_sha256
     inputs = [*given, *([manifest] if manifest else [])]
     columns: dict[str, tuple[float, ...]] = {}
