@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from poisonclip import contracts as C
-from poisonclip.attacks.api import TargetedConfig, TargetSpec, poison
+from poisonclip.attacks.api import BackdoorConfig, TargetedConfig, TargetSpec, poison
 from poisonclip.attacks.manifest import read_manifest
 from poisonclip.cli import app
 from poisonclip.data.sample import Sample
@@ -49,6 +49,11 @@ def sets(tmp_path_factory):
     out["shards"] = Path(poison(TargetedConfig(data=str(tiny.shards), out=str(root / "shards"),
                                                targets=specs, noise_sigma=1.0)).out)
     out["clean_table"] = tiny.csv
+    out["backdoor"] = Path(poison(BackdoorConfig(data=str(tiny.csv), out=str(root / "backdoor"), target_label="moon",
+                                                 n_poisons=8, patch_size=32)).out)
+    out["backdoor_evasion"] = Path(poison(BackdoorConfig(
+        data=str(tiny.csv), out=str(root / "backdoor_evasion"), target_label="moon", n_poisons=8, patch_size=32,
+        placement="random", noise_sigma=4.0, perturb_captions=True)).out)
     return out
 
 
@@ -105,6 +110,21 @@ def test_a_poisoned_webdataset_is_read_through_its_poison_json(sets, tmp_path):
     assert res.summary.n_samples == N_CLEAN + 2 * COPIES
     assert res.summary.scoring["phash"].auroc >= 0.9
     assert abs(res.summary.scoring["exact-bytes"].auroc - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("which", ["backdoor", "backdoor_evasion"])
+def test_shared_patch_finds_a_backdoor_trigger_it_does_not_know(sets, tmp_path, which):
+    """The poisons are different images (no duplicate detector sees them) sharing one patch."""
+    res = detect(DetectConfig(data=sets[which], out=tmp_path / "d", methods=("shared-patch", "exact-pixels")))
+    sc = res.summary.scoring["shared-patch"]
+    assert sc.n_poisons == 8 and sc.auroc >= 0.9, sc.auroc
+    assert sc.flagged[1].recall == 1.0 and sc.flagged[1].clean_removed == 0
+    assert abs(res.summary.scoring["exact-pixels"].auroc - 0.5) < 0.05
+    data = load_data(sets[which])   # contents only: another order gives the same scores, sample by sample
+    order = np.random.default_rng(1).permutation(len(data.keys))
+    shuffled = DetectInput([data.inputs.images[i] for i in order], [data.inputs.captions[i] for i in order])
+    assert np.array_equal(get_detector("shared-patch").run(shuffled),
+                          np.asarray(res.scores.scores["shared-patch"])[order])
 
 
 def test_caption_agreement_needs_captions_that_agree():

@@ -25,6 +25,7 @@ _BUILTIN_MODULES = (
     "poisonclip.detect.neighbours",
     "poisonclip.detect.agreement",
     "poisonclip.detect.similarity",
+    "poisonclip.detect.patch",
 )
 
 
