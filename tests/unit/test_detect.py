@@ -222,3 +222,20 @@ def test_cli_writes_the_folder_and_refuses_mistakes_in_one_line(sets, tmp_path):
     _one_line_error(runner.invoke(app, ["detect", str(tmp_path / "missing.tsv"), "--method", "phash",
                                         "--out", str(tmp_path / "x")]), "missing.tsv")
     assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_replaces_only_an_earlier_detection(sets, tmp_path):
+    out = tmp_path / "det"
+    args = ["detect", str(sets["plain"]), "--method", "exact-bytes", "--out", str(out), "--overwrite"]
+    assert runner.invoke(app, args).exit_code == 0
+    r = runner.invoke(app, [*args[:3], "phash", *args[4:]])
+    assert r.exit_code == 0, r.output
+    assert C.read_detection_summary(out).methods == ("phash",)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(mine),
+                                        "--overwrite"]), "not a detection")
+    assert (mine / "notes.txt").read_text() == "keep me"
+    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out",
+                                        str(sets["plain"] / "det"), "--overwrite"]), "input")
