@@ -19,9 +19,10 @@ def _pct(x: float | None) -> str:
 def detect_command(
     data: Annotated[str, typer.Argument(help="CSV/TSV table, WebDataset shards, a corpus folder or a poisoned "
                                              "dataset folder (read through its poison.json's training data).")],
-    method: Annotated[list[str], typer.Option(help="Detector (repeatable): exact-bytes, exact-pixels, phash, "
-                                                   "caption-agreement, embedding-neighbours, "
-                                                   "image-caption-similarity (the last two need --model).")],
+    method: Annotated[list[str], typer.Option(help="Detector (repeatable; `poisonclip list detectors`): "
+                                                   "exact-bytes, exact-pixels, phash, caption-agreement, "
+                                                   "shared-patch, embedding-neighbours, image-caption-similarity "
+                                                   "(the last two need --model).")],
     out: Annotated[Path, typer.Option(help="Output folder: scores.tsv (a score per sample and method) and "
                                            "detect.json.")],
     model: Annotated[Optional[Path], typer.Option(help="Run folder written by `poisonclip train`, whose model "
