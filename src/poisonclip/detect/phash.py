@@ -10,7 +10,7 @@ import numpy as np
 
 from poisonclip.detect.registry import DetectInput, register_detector
 
-CHUNK = 2048   # rows per block of the all-pairs distance products (memory: CHUNK x n)
+CHUNK = 512   # rows per block of the all-pairs distance products (memory: 4 * CHUNK * n bytes)
 
 
 def phash_bits(inputs: DetectInput, hash_size: int = 8) -> np.ndarray:
