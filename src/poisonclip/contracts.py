@@ -10,6 +10,7 @@
     sweep    ``trials/<name>/result.json`` (TrialResult), a finished trial's row of the table
     detect   ``detect.json`` (DetectionSummary: DetectionScoring per method, FlaggedAt) + ``scores.tsv``
              (DetectionScores: one row per sample, its key and a score per method)
+    audit    ``audit.json`` (AuditInfo) + ``audit.html`` + ``suspicious.tsv`` + ``detection/`` (a detection)
 
 Every stage writes its files with ``write_*`` (atomically, through ``io_utils``) and every
 consumer reads them with ``read_*``; nothing else parses these files, so a field changes in one
@@ -72,6 +73,11 @@ _OLD_TRIAL_RESULT_FILE = "metrics.json"   # the same record, in sweep folders wr
 # detection (`poisonclip detect`)
 DETECT_INFO_FILE = "detect.json"
 DETECT_SCORES_FILE = "scores.tsv"
+# audit (`poisonclip audit`)
+AUDIT_INFO_FILE = "audit.json"
+AUDIT_PAGE_FILE = "audit.html"
+AUDIT_RANKING_FILE = "suspicious.tsv"
+AUDIT_DETECTION_DIR = "detection"
 
 # manifest.csv columns, in order (``attacks.manifest.ManifestRow`` has one field per column)
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -990,3 +996,49 @@ def read_detection_scores(source: str | os.PathLike) -> DetectionScores:
                 raise UserError(f"{path}: malformed: line {n}, column '{methods[j]}' is {_show(v)}, not a "
                                 f"number; {remedy}") from None
     return DetectionScores(tuple(keys), {m: tuple(c) for m, c in zip(methods, cols)})
+
+
+# --------------------------------------------------------------------------- audit
+
+_AUDIT = _Kind(AUDIT_INFO_FILE, "audit record", "`poisonclip audit`", "re-run `poisonclip audit`",
+               ("methods", "n_samples", "page"))
+
+
+@dataclass(frozen=True)
+class AuditInfo:
+    """``audit.json``: an audit folder's completion file, written last. The page and the ranked
+    table are for people; the detection folder inside holds every sample's scores."""
+
+    data: str
+    methods: tuple[str, ...]
+    n_samples: int
+    top: int                                  # samples shown on the page and ranked in the table
+    n_clusters: int                           # clusters of near-identical images shown
+    page: str = AUDIT_PAGE_FILE
+    ranking: str = AUDIT_RANKING_FILE
+    detection: str = AUDIT_DETECTION_DIR
+    manifest: str | None = None               # ground truth shown beside each sample, if known
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = f"<{AUDIT_INFO_FILE}>") -> "AuditInfo":
+        f = _fields(where, data, _AUDIT)
+        return cls(data=f.text("data"), methods=f.texts("methods"), n_samples=f.integer("n_samples"),
+                   top=f.integer("top"), n_clusters=f.integer("n_clusters", 0), page=f.text("page"),
+                   ranking=f.text("ranking", AUDIT_RANKING_FILE), detection=f.text("detection", AUDIT_DETECTION_DIR),
+                   manifest=f.text("manifest", None, null=True))
+
+
+def write_audit_info(folder: str | os.PathLike, info: AuditInfo) -> Path:
+    """Write ``audit.json`` (the audit folder's completion file: write it last)."""
+    return atomic_write_json(_folder_file(folder, AUDIT_INFO_FILE), info.to_json())
+
+
+def read_audit_info(source: str | os.PathLike) -> AuditInfo:
+    """``audit.json`` of an audit folder (or the file itself)."""
+    path = _path_of(source, _AUDIT)
+    _, data = _load(path, _AUDIT)
+    return AuditInfo.from_json(data, str(path))

@@ -109,9 +109,19 @@ def _poison_mask(manifest: Path, keys: list[str]) -> np.ndarray:
     return np.array([k in poisons for k in keys], dtype=bool)
 
 
-def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> DetectResult:
-    """Score every sample of ``cfg.data`` with each method; write ``scores.tsv`` then ``detect.json``."""
-    say = progress or (lambda _m: None)
+@dataclass(frozen=True)
+class Scored:
+    """A detection before it is written: the data read, its scores, the summary, and the
+    poison mask when a manifest gave one (for pages that show the ground truth)."""
+
+    data: LoadedData
+    scores: DetectionScores
+    summary: DetectionSummary
+    is_poison: np.ndarray | None
+    inputs: tuple[Path, ...]          # every path read (what an output must not replace)
+
+
+def _check(cfg: DetectConfig) -> tuple[list[Any], tuple[str, Path] | None]:
     if not cfg.methods:
         raise SettingError("methods", "name one detector at least")
     if len(set(cfg.methods)) != len(cfg.methods):
@@ -128,8 +138,22 @@ def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> 
         from poisonclip.evaluate.embed import resolve_run
 
         run = resolve_run(cfg.model)
-    given = [*input_paths(cfg.data), *([cfg.model] if cfg.model else [])]
-    check_out(cfg.out, DETECT_KIND, overwrite=cfg.overwrite, inputs=given)   # before minutes of scoring
+    return found, run
+
+
+def given_inputs(cfg: DetectConfig) -> list[Path]:
+    """The paths ``cfg`` names to read (an output may not be, hold or lie inside them)."""
+    return [*input_paths(cfg.data), *([Path(cfg.model)] if cfg.model else [])]
+
+
+def score(cfg: DetectConfig, progress: Callable[[str], None] | None = None,
+          kind: OutputKind | None = None) -> Scored:
+    """Read ``cfg.data`` and score every sample with each method (``cfg.out`` is checked as an
+    output of ``kind``, default a detection, before the data is read, but nothing is written)."""
+    say = progress or (lambda _m: None)
+    found, run = _check(cfg)
+    given = given_inputs(cfg)
+    check_out(cfg.out, kind or DETECT_KIND, overwrite=cfg.overwrite, inputs=given)   # before minutes of scoring
     say("reading the data")
     data = load_data(cfg.data, cfg.batch_size)
     manifest = find_manifest(cfg.manifest, data.poison_json)
@@ -141,7 +165,6 @@ def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> 
         say("loading the model")
         data.inputs.model = load_model(*run, cfg.device)
         model_sha = data.inputs.model.checkpoint_sha256
-    inputs = [*given, *([manifest] if manifest else [])]
     columns: dict[str, tuple[float, ...]] = {}
     scoring, wall = {}, {}
     for d in found:
@@ -159,7 +182,18 @@ def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> 
         model=str(Path(cfg.model).absolute()) if cfg.model else None, model_checkpoint_sha256=model_sha,
         manifest=str(manifest.absolute()) if manifest else None, params=params, skipped=data.skipped,
         scoring=scoring, wall_s=wall)
-    with atomic_dir(cfg.out, cfg.overwrite, kind=DETECT_KIND, inputs=inputs) as tmp:
-        write_detection_scores(tmp, table)
-        write_detection_summary(tmp, summary)
-    return DetectResult(Path(cfg.out).absolute(), summary, table)
+    return Scored(data, table, summary, is_poison, (*given, *([manifest] if manifest else [])))
+
+
+def write_detection(folder: Path, scored: Scored) -> None:
+    """A detection's files into ``folder``: ``scores.tsv``, then ``detect.json`` (last)."""
+    write_detection_scores(folder, scored.scores)
+    write_detection_summary(folder, scored.summary)
+
+
+def detect(cfg: DetectConfig, progress: Callable[[str], None] | None = None) -> DetectResult:
+    """Score every sample of ``cfg.data`` with each method; write ``scores.tsv`` then ``detect.json``."""
+    scored = score(cfg, progress)
+    with atomic_dir(cfg.out, cfg.overwrite, kind=DETECT_KIND, inputs=scored.inputs) as tmp:
+        write_detection(tmp, scored)
+    return DetectResult(Path(cfg.out).absolute(), scored.summary, scored.scores)
