@@ -75,6 +75,8 @@ def _raw(path):
     (C.CorpusPaths("/d/train.tsv", "/d/test.tsv", None, "/d/probe.tsv"), C.write_external_corpus,
      C.read_external_corpus, C.EXTERNAL_CORPUS_FILE),
     (DETECTION, C.write_detection_summary, C.read_detection_summary, C.DETECT_INFO_FILE),
+    (C.AuditInfo("/p", ("phash",), 10, 5, 2, manifest="/p/manifest.csv"), C.write_audit_info, C.read_audit_info,
+     C.AUDIT_INFO_FILE),
 ])
 def test_every_record_round_trips_through_its_writer_and_reader(tmp_path, record, write, read, name):
     path = write(tmp_path, record)
@@ -163,6 +165,8 @@ def _error(read, source) -> str:
     (C.write_external_corpus, C.read_external_corpus, C.CorpusPaths("/t", "/u", None), C.EXTERNAL_CORPUS_FILE,
      "poisonclip sweep run"),
     (C.write_detection_summary, C.read_detection_summary, DETECTION, C.DETECT_INFO_FILE, "poisonclip detect"),
+    (C.write_audit_info, C.read_audit_info, C.AuditInfo("/p", ("phash",), 10, 5, 2), C.AUDIT_INFO_FILE,
+     "poisonclip audit"),
 ])
 def test_missing_foreign_too_new_and_broken_files_name_the_file_and_what_to_run(
         tmp_path, write, read, record, name, writer):

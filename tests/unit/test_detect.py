@@ -239,3 +239,52 @@ def test_overwrite_replaces_only_an_earlier_detection(sets, tmp_path):
     assert (mine / "notes.txt").read_text() == "keep me"
     _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out",
                                         str(sets["plain"] / "det"), "--overwrite"]), "input")
+
+
+# --- poisonclip audit: the page for a person -------------------------------------------------
+
+def test_audit_ranks_the_poisons_first_and_writes_a_page(sets, tmp_path):
+    from poisonclip.report.audit import AuditConfig, audit
+
+    info = audit(AuditConfig(data=sets["plain"], out=tmp_path / "a", top=2 * COPIES))
+    assert C.read_audit_info(tmp_path / "a") == info and info.top == 2 * COPIES and info.n_clusters == 2
+    poisons = {r.key for r in read_manifest(sets["plain"])}
+    import csv
+
+    with open(tmp_path / "a" / C.AUDIT_RANKING_FILE, newline="", encoding="utf-8") as f:
+        ranked = list(csv.DictReader(f, delimiter="\t"))
+    assert {r["key"] for r in ranked} == poisons and all(r["poison"] == "True" for r in ranked)
+    page = (tmp_path / "a" / C.AUDIT_PAGE_FILE).read_text(encoding="utf-8")
+    assert all(k in page for k in poisons) and page.count("<img ") == 2 * COPIES + 2 * COPIES   # top + clusters
+    assert "name &#x27;moon&#x27;" in page and "name &#x27;star&#x27;" in page   # each cluster's concept
+    assert C.read_detection_summary(tmp_path / "a" / C.AUDIT_DETECTION_DIR).n_samples == N_CLEAN + 2 * COPIES
+
+
+def test_audit_page_escapes_what_the_data_says(tmp_path):
+    from poisonclip.data.csv_io import write_csv
+    from poisonclip.report.audit import AuditConfig, audit
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    evil = '<img src=x onerror="alert(1)"> moon'
+    samples = [Sample.from_pil(f"k{i}", img, evil) for i in range(3)] + [
+        Sample.from_pil(f"c{i}", Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), f"thing {i}")
+        for i in range(5)]
+    write_csv(samples, tmp_path / "d", name="train.tsv")
+    audit(AuditConfig(data=tmp_path / "d" / "train.tsv", out=tmp_path / "a", top=3))
+    page = (tmp_path / "a" / C.AUDIT_PAGE_FILE).read_text(encoding="utf-8")
+    assert "onerror" in page and '<img src=x' not in page and "&lt;img src=x" in page
+    assert "<script" not in page
+
+
+def test_audit_cli(sets, tmp_path):
+    r = runner.invoke(app, ["audit", str(sets["evasion"]), "--out", str(tmp_path / "a"), "--top", "5"])
+    assert r.exit_code == 0, r.output
+    assert C.read_audit_info(tmp_path / "a").methods == ("exact-pixels", "phash", "caption-agreement", "shared-patch")
+    _one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(tmp_path / "b"), "--top", "0"]),
+                    "--top")
+    _one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(tmp_path / "a")]), "--overwrite")
+    det = tmp_path / "det"
+    assert runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(det)]).exit_code == 0
+    _one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(det), "--overwrite"]),
+                    "not a detection audit")

@@ -1,5 +1,6 @@
 """``poisonclip detect``: score every sample of a (poisoned) dataset with registered detectors,
-and, given the manifest, measure how well each finds the poisons."""
+and, given the manifest, measure how well each finds the poisons. ``poisonclip audit``: the
+same scores as a page of the most suspicious samples and clusters, for a person to review."""
 
 from __future__ import annotations
 
@@ -61,6 +62,37 @@ def detect_command(
     console.print(f"wrote [bold]{res.out / DETECT_SCORES_FILE}[/] and [bold]{res.out / DETECT_INFO_FILE}[/]")
 
 
+def audit_command(
+    data: Annotated[str, typer.Argument(help="CSV/TSV table, WebDataset shards, a corpus folder or a poisoned "
+                                             "dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder: audit.html, suspicious.tsv, detection/, audit.json.")],
+    method: Annotated[Optional[list[str]], typer.Option(help="Detector (repeatable; default: exact-pixels, phash, "
+                                                             "caption-agreement, shared-patch).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Run folder written by `poisonclip train`, for the "
+                                                       "model-based detectors.")] = None,
+    manifest: Annotated[str, typer.Option(help="auto (a poisoned folder's manifest.csv, shown beside each "
+                                               "sample), none, or a manifest.csv.")] = "auto",
+    top: Annotated[int, typer.Option(help="Most suspicious samples to show and rank.")] = 40,
+    clusters: Annotated[int, typer.Option(help="Largest clusters of near-identical images to show.")] = 10,
+    thumb: Annotated[int, typer.Option(help="Thumbnail side in pixels.")] = 96,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass of --model.")] = 64,
+    device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier audit in --out.")] = False,
+) -> None:
+    """A page of the most suspicious samples and clusters, for a person to review (no ground truth needed)."""
+    from poisonclip.contracts import AUDIT_PAGE_FILE
+    from poisonclip.report.audit import DEFAULT_METHODS, AuditConfig, audit
+
+    cfg = AuditConfig(data=Path(data), out=out, methods=tuple(method) if method else DEFAULT_METHODS, model=model,
+                      manifest=manifest, top=top, clusters=clusters, thumb=thumb, batch_size=batch_size,
+                      device=device, overwrite=overwrite)
+    with console.status("auditing") as status:
+        info = audit(cfg, progress=lambda msg: status.update(msg))
+    console.print(f"{info.n_samples} samples; the {info.top} most suspicious and {info.n_clusters} clusters on "
+                  f"[bold]{out / AUDIT_PAGE_FILE}[/]")
+
+
 def register(root: App) -> None:
-    """Add this stage's command to the root app."""
+    """Add this stage's commands to the root app."""
     root.command("detect", flags={"methods": "--method"})(detect_command)
+    root.command("audit", flags={"methods": "--method"})(audit_command)
