@@ -255,7 +255,11 @@ def test_audit_ranks_the_poisons_first_and_writes_a_page(sets, tmp_path):
         ranked = list(csv.DictReader(f, delimiter="\t"))
     assert {r["key"] for r in ranked} == poisons and all(r["poison"] == "True" for r in ranked)
     page = (tmp_path / "a" / C.AUDIT_PAGE_FILE).read_text(encoding="utf-8")
-    assert all(k in page for k in poisons) and page.count("<img ") == 2 * COPIES + 2 * COPIES   # top + clusters
+    assert all(k in page for k in poisons)
+    # the combined top, each detector's top (exact-pixels, phash and caption-agreement score only the
+    # poisons above their minimum; shared-patch finds no shared pattern here, so it has none), the clusters
+    assert page.count("<img ") == 2 * COPIES + 3 * 2 * COPIES + 2 * COPIES
+    assert "Top by phash" in page and "Top by shared-patch" not in page
     assert "name &#x27;moon&#x27;" in page and "name &#x27;star&#x27;" in page   # each cluster's concept
     assert C.read_detection_summary(tmp_path / "a" / C.AUDIT_DETECTION_DIR).n_samples == N_CLEAN + 2 * COPIES
 

@@ -33,6 +33,7 @@ from poisonclip.report.html import Image, Section, Table, Text, write_html
 AUDIT_KIND = OutputKind("detection audit (`poisonclip audit`)", ((AUDIT_INFO_FILE, ("methods", "n_samples", "page")),))
 DEFAULT_METHODS = ("exact-pixels", "phash", "caption-agreement", "shared-patch")
 MAX_PER_CLUSTER = 8
+PER_DETECTOR = 16   # samples shown per detector, besides the combined ranking
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def combined_suspicion(columns: Mapping[str, Sequence[float]]) -> np.ndarray:
 
 def _thumbnail(scored: Scored, i: int, side: int) -> bytes:
     im = scored.data.inputs.pil(i)
-    im.thumbnail((side, side))
+    im.thumbnail((side, side))   # only ever shrinks; the page shows every thumbnail at ``side`` pixels
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
@@ -121,10 +122,21 @@ def audit(cfg: AuditConfig, progress: Callable[[str], None] | None = None) -> Au
              "clean removed at 5%"],
             [[m, sc.auroc, sc.average_precision, sc.flagged[0].recall, sc.flagged[0].clean_removed,
               sc.flagged[1].recall, sc.flagged[1].clean_removed] for m, sc in s.scoring.items()])]))
-    sections.append(Section(f"The {len(order)} most suspicious samples", [
-        Image(_thumbnail(scored, int(i), cfg.thumb),
-              caption=f"#{r + 1} {keys[i]}: {captions[i]!r} ({_scores_text(scored, int(i))}){_truth(scored, int(i))}",
-              alt=f"sample {keys[i]}") for r, i in enumerate(order)]))
+    def shown(i: int, head: str) -> Image:
+        return Image(_thumbnail(scored, i, cfg.thumb), width=cfg.thumb, alt=f"sample {keys[i]}",
+                     caption=f"{head} {keys[i]}: {captions[i]!r} ({_scores_text(scored, i)}){_truth(scored, i)}")
+
+    sections.append(Section(f"The {len(order)} most suspicious samples (all detectors)",
+                            [shown(int(i), f"#{r + 1}") for r, i in enumerate(order)]))
+    # One detector's top samples can sit in a large tie (every copy of one trigger scores the
+    # same), which the combined ranking puts below another detector's single high scores.
+    for m, col in scored.scores.scores.items():
+        values = np.asarray(col)
+        top_m = [int(i) for i in np.argsort(-values, kind="stable")[:min(cfg.top, PER_DETECTOR)] if values[i] > values.min()]
+        if top_m:
+            n_top = int((values >= values[top_m[0]]).sum())
+            sections.append(Section(f"Top by {m} ({n_top} sample(s) share its highest score, {values[top_m[0]]:.3g})",
+                                    [shown(i, f"{m} {values[i]:.3g}:") for i in top_m]))
     for n, c in enumerate(big, 1):
         idx = [i for i in range(len(labels)) if labels[i] == c]
         df = Counter(w for i in idx for w in concept_words(captions[i]))
@@ -134,7 +146,8 @@ def audit(cfg: AuditConfig, progress: Callable[[str], None] | None = None) -> Au
         poisons = (f"; {int(scored.is_poison[idx].sum())} poisons per the manifest"
                    if scored.is_poison is not None else "")
         sections.append(Section(f"Cluster {n}: {len(idx)} near-identical images; {about}{poisons}", [
-            Image(_thumbnail(scored, i, cfg.thumb), caption=f"{keys[i]}: {captions[i]!r}", alt=f"sample {keys[i]}")
+            Image(_thumbnail(scored, i, cfg.thumb), caption=f"{keys[i]}: {captions[i]!r}{_truth(scored, i)}",
+                  alt=f"sample {keys[i]}", width=cfg.thumb)
             for i in idx[:MAX_PER_CLUSTER]] + ([Text(f"... and {len(idx) - MAX_PER_CLUSTER} more")]
                                                if len(idx) > MAX_PER_CLUSTER else [])))
     info = AuditInfo(data=s.data, methods=s.methods, n_samples=s.n_samples, top=len(order), n_clusters=len(big),
