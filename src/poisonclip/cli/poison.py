@@ -34,6 +34,7 @@ class Kind(str, Enum):
     attacks = "attacks"
     triggers = "triggers"
     captions = "captions"
+    detectors = "detectors"
 
 
 def _sep(value: Optional[str]) -> Optional[str]:
@@ -287,12 +288,20 @@ def list_command(
     kind: Annotated[Optional[Kind], typer.Argument(help="What to list (default: everything).")] = None,
     pattern: Annotated[str, typer.Option(help="Only names matching this glob pattern.")] = "*",
 ) -> None:
-    """List registered attacks, triggers and caption-set builders."""
+    """List registered attacks, triggers, caption-set builders and detectors (`poisonclip detect`)."""
+    import fnmatch
+
     from poisonclip.attacks.registry import list_registered
+    from poisonclip.detect.registry import detectors
 
     t = Table("kind", "name", "description")
-    for e in list_registered(kind.value if kind else None, pattern):
-        t.add_row(e.kind, e.name, e.description)
+    if kind is not Kind.detectors:
+        for e in list_registered(kind.value if kind else None, pattern):
+            t.add_row(e.kind, e.name, e.description)
+    if kind in (None, Kind.detectors):
+        for name, d in detectors().items():
+            if fnmatch.fnmatchcase(name, pattern):
+                t.add_row("detector", name, d.summary)
     console.print(t)
 
 
