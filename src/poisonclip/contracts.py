@@ -41,7 +41,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_write_bytes, atomic_write_json, sha256_bytes
@@ -83,10 +83,11 @@ AUDIT_DETECTION_DIR = "detection"
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "key", "attack", "target_id", "target_label", "caption", "source_key", "source_sha256",
     "trigger_size", "trigger_x", "trigger_y", "patch_size", "placement", "noise_sigma", "seed",
-    "sha256", "location", "resolution")
+    "sha256", "location", "resolution", "trigger", "trigger_params")
 MANIFEST_INT_COLUMNS = frozenset({"trigger_size", "trigger_x", "trigger_y", "patch_size", "seed", "resolution"})
 MANIFEST_FLOAT_COLUMNS = frozenset({"noise_sigma"})
-MANIFEST_OPTIONAL_COLUMNS = frozenset({"resolution"})   # absent from manifests written before the geometry fix
+# absent from manifests written before the geometry fix (resolution) or before the trigger registry grew
+MANIFEST_OPTIONAL_COLUMNS = frozenset({"resolution", "trigger", "trigger_params"})
 
 SCHEMA_VERSION = 1         # the version of every file this code writes
 METRICS_SCHEMA = "poisonclip.metrics/1"   # metrics.json's kind tag, written since its first version
@@ -378,8 +379,8 @@ class BackdoorRecord:
     """``poison.json`` "backdoor": the trigger as the poisons carry it, which evaluation re-applies."""
 
     target_label: str
-    patch_size: int                  # trigger side in pixels at 224x224, scaled to the image
-    placement: str                   # attacks.triggers.Placement value: "corner" | "random"
+    patch_size: int | None           # trigger side in pixels at 224x224, scaled to the image; None: whole-image
+    placement: str                   # attacks.triggers.Placement value: "corner" | "random"; or "whole-image"
     trigger: str = "checkerboard"    # name in attacks.registry.TRIGGERS
     resolution: int | None = None    # side of the centre square the poisons were written at (None: older files)
     geometry: str | None = None      # "centre-square"
@@ -392,16 +393,33 @@ class BackdoorRecord:
     sources_eligible_seen: int | None = None
     sources_excluded_seen: int | None = None
     source_shards_read: int | None = None
+    # The trigger's own parameters, present for the triggers that take them (None otherwise and
+    # in older files): the seed of its fixed pattern/field, the blend's weight and pattern file
+    # (with the file's sha256 when poisoned), the warp's control grid and strength.
+    trigger_seed: int | None = None
+    blend_alpha: float | None = None
+    blend_pattern: str | None = None
+    blend_pattern_sha256: str | None = None
+    warp_grid: int | None = None
+    warp_strength: float | None = None
+
+    TRIGGER_PARAMS: ClassVar[tuple[str, ...]] = ("trigger_seed", "blend_alpha", "blend_pattern",
+                                                 "blend_pattern_sha256", "warp_grid", "warp_strength")
 
     @classmethod
     def _read(cls, f: _Fields) -> "BackdoorRecord":
-        patch = f.integer("patch_size")
-        if patch <= 0:
+        placement = f.text("placement")
+        # A whole-image trigger (blended, warp) has no patch; every other needs a positive size.
+        patch = f.integer("patch_size", None, null=True) if placement == "whole-image" else f.integer("patch_size")
+        if patch is not None and patch <= 0:
             raise f.fail("patch_size", f"must be positive, not {patch}")
         opt_int = {k: f.integer(k, None, null=True) for k in (
             "resolution", "patch_pixels", "captions_found", "captions_scanned", "sources_eligible_seen",
-            "sources_excluded_seen", "source_shards_read")}
-        return cls(target_label=f.text("target_label"), patch_size=patch, placement=f.text("placement"),
+            "sources_excluded_seen", "source_shards_read", "trigger_seed", "warp_grid")}
+        opt_num = {k: f.number(k, None, null=True) for k in ("blend_alpha", "warp_strength")}
+        opt_text = {k: f.text(k, None, null=True) for k in ("blend_pattern", "blend_pattern_sha256")}
+        return cls(target_label=f.text("target_label"), patch_size=patch, placement=placement,
+                   **opt_num, **opt_text,
                    trigger=f.text("trigger", None, null=True) or "checkerboard",
                    geometry=f.text("geometry", None, null=True), caption_source=f.text("caption_source", "search"),
                    excluded_labels=f.texts("excluded_labels", ()), classnames=f.text("classnames", None, null=True),
@@ -493,6 +511,8 @@ class PoisonInfo:
         sections = d.pop("sections")
         d["targets"] = d["targets"] or None
         d["warnings"] = d["warnings"] or None
+        if d["backdoor"] is not None:   # a trigger's parameters are written only for the triggers that take them
+            d["backdoor"] = _without_none(d["backdoor"], BackdoorRecord.TRIGGER_PARAMS)
         return {**_without_none(d, ("backdoor", "targets", "poison_shards", "warnings")), **sections}
 
     @classmethod
