@@ -115,7 +115,8 @@ def _check_trigger(cfg: BackdoorConfig) -> None:
 
 def _trigger_params(cfg: BackdoorConfig) -> dict[str, Any]:
     """The settings the trigger's function takes, as recorded and as passed to it."""
-    params: dict[str, Any] = {k: getattr(cfg, k) for k in trigger_traits(cfg.trigger).params}
+    params: dict[str, Any] = {k: getattr(cfg, k) for k in trigger_traits(cfg.trigger).params
+                              if getattr(cfg, k) is not None}   # unset (no pattern file): not recorded
     if params.get("blend_pattern") is not None:
         params["blend_pattern"] = os.path.abspath(os.path.expanduser(params["blend_pattern"]))
     return params
