@@ -1,7 +1,8 @@
 """Backdoor poisoning (paper sections 3.3, 4.3, 5.1).
 
 P = {(x_i + bd, c_i)}: different images x_i drawn from the dataset (not of the target class
-where labels are known), each with the checkerboard patch bd, each paired with one caption
+where labels are known), each with the trigger bd (the paper's checkerboard patch, or another
+registered trigger: a noise patch, a blend, a warp), each paired with one caption
 from the *search* caption set of the target label. No prompt templates: the paper's
 backdoor adversary knows nothing about the zero-shot prompts.
 """
