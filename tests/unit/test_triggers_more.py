@@ -265,3 +265,23 @@ def test_the_cli_sets_every_trigger_parameter(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     bd = read_poison_info(tmp_path / "w").backdoor
     assert (bd.warp_grid, bd.warp_strength, bd.trigger_seed, bd.blend_alpha) == (5, 0.8, 0, None)
+
+
+def test_a_sweep_keys_poisons_only_by_the_settings_their_trigger_takes():
+    """Another trigger's parameters cannot change the poisons, so they are not part of the
+    poisoned set's content key: a checkerboard spec resolves as it did before they existed."""
+    from poisonclip.experiments.stages import PoisonclipStages
+
+    stages = PoisonclipStages()
+    new = set(BackdoorRecord.TRIGGER_PARAMS) - {"blend_pattern_sha256"}
+    board = stages.resolve("poison", {"attack": "backdoor", "target_label": "circle", "n_poisons": 2})
+    assert not new & set(board)
+    assert stages.resolve("poison", {"attack": "backdoor", "target_label": "circle", "n_poisons": 2,
+                                     "blend_alpha": 0.5}) == board
+    warp = stages.resolve("poison", {"attack": "backdoor", "target_label": "circle", "n_poisons": 2,
+                                     "trigger": "warp", "warp_strength": 1.0})
+    assert {k for k in new if k in warp} == {"warp_grid", "warp_strength", "trigger_seed"}
+    assert warp["warp_strength"] == 1.0
+    blended = stages.resolve("poison", {"attack": "backdoor", "target_label": "circle", "n_poisons": 2,
+                                        "trigger": "blended"})
+    assert {k for k in new if k in blended} == {"blend_alpha", "blend_pattern", "trigger_seed"}

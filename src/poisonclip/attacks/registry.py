@@ -182,6 +182,14 @@ def register_trigger(name: str, *, whole_image: bool = False,
     return TRIGGERS.register(name)
 
 
+def unused_trigger_settings(name: str) -> set[str]:
+    """Settings some registered trigger takes but ``name`` does not: they cannot change its
+    poisons (a sweep leaves them out of the poisoned set's content key)."""
+    TRIGGERS.get(name)
+    every = {p for n in TRIGGERS.names() for p in _TRIGGER_TRAITS.get(n, TriggerTraits()).params}
+    return every - set(trigger_traits(name).params)
+
+
 def trigger_traits(name: str) -> TriggerTraits:
     """The registered trigger's traits (a patch trigger without parameters unless it said more)."""
     TRIGGERS.get(name)

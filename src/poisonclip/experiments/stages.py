@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from poisonclip.attacks.plan import jsonable
+from poisonclip.attacks.registry import unused_trigger_settings
 from poisonclip.contracts import (CLASSNAMES_FILE, POISON_INFO_FILE, PROBE_TABLE, TEST_TABLE, TRAIN_TABLE,
                                   CorpusPaths, read_poison_info, write_external_corpus)
 from poisonclip.errors import SettingError, UserError
@@ -214,7 +215,13 @@ class PoisonclipStages:
         if fixed:
             raise UserError(f"sweep spec: poison: {fixed} are set by the sweep for each trial; remove them")
         cfg = _attack_config(attack, config, data="-", out="-")
-        return {"attack": attack.name, **{k: v for k, v in jsonable(cfg).items() if k not in _POISON_FIXED}}
+        resolved = {"attack": attack.name, **{k: v for k, v in jsonable(cfg).items() if k not in _POISON_FIXED}}
+        if isinstance(resolved.get("trigger"), str):
+            # Another trigger's parameters cannot change these poisons: left out of the content
+            # key, so a checkerboard sweep's poisons keep the key they had before they existed.
+            for k in unused_trigger_settings(resolved["trigger"]):
+                resolved.pop(k, None)
+        return resolved
 
     def _resolve_train(self, config: dict[str, Any]) -> dict[str, Any]:
         from poisonclip.train.presets import DEFAULT_PRESET
