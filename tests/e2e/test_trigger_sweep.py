@@ -15,12 +15,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
 from poisonclip.attacks import triggers
 from poisonclip.cli import app
+from tests.e2e.tiny_sweep import run_tiny_sweep
 from poisonclip.data.lookup import find_sample
 
 runner = CliRunner()
@@ -28,20 +28,8 @@ runner = CliRunner()
 
 @pytest.mark.e2e
 def test_the_blended_trigger_runs_through_a_sweep_with_its_parameters(tmp_path):
-    spec = tmp_path / "blended.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "blended-ci",
-        "corpus": {"n_train": 300, "n_test": 100, "n_probe": 0, "resolution": 32, "seed": 0},
-        "poison": {"attack": "backdoor", "target_label": "circle", "n_poisons": 30, "trigger": "blended",
-                   "blend_alpha": 0.3, "trigger_seed": 5},
-        "train": {"model": "poisonclip-test", "epochs": 1, "batch_size": 50, "warmup": 2, "gpus": 0},
-        "eval": {"templates": "simple", "probe": False},
-        "grid": {"seed": [0]},
-    }))
-    out = tmp_path / "sweep"
-    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    assert "1 trials run" in r.output and "0 failed" in r.output
+    out = run_tiny_sweep(tmp_path, "blended-ci", {"attack": "backdoor", "target_label": "circle", "n_poisons": 30,
+                                                  "trigger": "blended", "blend_alpha": 0.3, "trigger_seed": 5})
 
     (poison_json,) = (out / "cache" / "poison").glob("*/poison.json")
     bd = json.loads(poison_json.read_text())["backdoor"]
