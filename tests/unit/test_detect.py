@@ -21,6 +21,7 @@ from poisonclip.detect.registry import DetectInput, detectors, get_detector
 from poisonclip.detect.scoring import flagged_at, score_detector
 from poisonclip.errors import SettingError, UserError
 from tests.attack_fixtures import make_tiny
+from tests.cli_errors import one_line_error
 
 NO_MODEL = ("exact-bytes", "exact-pixels", "phash", "caption-agreement")
 N_CLEAN, COPIES = 80, 6
@@ -197,29 +198,21 @@ def test_model_detectors_ask_for_a_model_and_unknown_names_are_refused(sets, tmp
 runner = CliRunner()
 
 
-def _one_line_error(r, *needles: str) -> None:
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_cli_writes_the_folder_and_refuses_mistakes_in_one_line(sets, tmp_path):
     out = tmp_path / "det"
     r = runner.invoke(app, ["detect", str(sets["evasion"]), "--method", "exact-bytes", "--method", "phash",
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "phash" in r.output and C.read_detection_summary(out).methods == ("exact-bytes", "phash")
-    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(out)]),
+    one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(out)]),
                     "--out", "--overwrite")
-    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "sha1", "--out",
+    one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "sha1", "--out",
                                         str(tmp_path / "x")]), "--method", "sha1")
-    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "embedding-neighbours",
+    one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "embedding-neighbours",
                                         "--out", str(tmp_path / "x")]), "--model")
-    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--manifest",
+    one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--manifest",
                                         str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]), "--manifest")
-    _one_line_error(runner.invoke(app, ["detect", str(tmp_path / "missing.tsv"), "--method", "phash",
+    one_line_error(runner.invoke(app, ["detect", str(tmp_path / "missing.tsv"), "--method", "phash",
                                         "--out", str(tmp_path / "x")]), "missing.tsv")
     assert not (tmp_path / "x").exists()
 
@@ -234,10 +227,10 @@ def test_overwrite_replaces_only_an_earlier_detection(sets, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(mine),
+    one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(mine),
                                         "--overwrite"]), "not a detection")
     assert (mine / "notes.txt").read_text() == "keep me"
-    _one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out",
+    one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out",
                                         str(sets["plain"] / "det"), "--overwrite"]), "input")
 
 
@@ -285,10 +278,10 @@ def test_audit_cli(sets, tmp_path):
     r = runner.invoke(app, ["audit", str(sets["evasion"]), "--out", str(tmp_path / "a"), "--top", "5"])
     assert r.exit_code == 0, r.output
     assert C.read_audit_info(tmp_path / "a").methods == ("exact-pixels", "phash", "caption-agreement", "shared-patch")
-    _one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(tmp_path / "b"), "--top", "0"]),
+    one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(tmp_path / "b"), "--top", "0"]),
                     "--top")
-    _one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(tmp_path / "a")]), "--overwrite")
+    one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(tmp_path / "a")]), "--overwrite")
     det = tmp_path / "det"
     assert runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(det)]).exit_code == 0
-    _one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(det), "--overwrite"]),
+    one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(det), "--overwrite"]),
                     "not a detection audit")
