@@ -290,9 +290,6 @@ def test_every_hand_off_file_has_its_own_name():
 # --- one module names the files ------------------------------------------------------------
 
 SRC = Path(C.__file__).parent
-# Switched to the contracts on another branch (the evaluator's and the sweep stages' split);
-# remove each from here once it reads and writes through them.
-_NOT_YET_SWITCHED = {"evaluate/api.py", "experiments/stages.py"}
 
 
 def _public_constants() -> dict[str, object]:
@@ -305,7 +302,7 @@ def test_hand_off_file_names_are_spelt_only_in_contracts():
     found = []
     for p in sorted(SRC.rglob("*.py")):
         rel = p.relative_to(SRC).as_posix()
-        if rel == "contracts.py" or rel in _NOT_YET_SWITCHED:
+        if rel == "contracts.py":
             continue
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
