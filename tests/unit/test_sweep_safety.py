@@ -196,3 +196,18 @@ def test_cluster_section_is_plain_data(tmp_path):
             parse_spec({"cluster": cluster})
     trusted = parse_spec({"cluster": {"slurm_setup": ["module load cuda"]}}, allow_custom_stages=True)
     assert trusted.cluster["slurm_setup"] == ["module load cuda"]
+
+
+def test_a_folder_of_other_files_is_not_made_a_sweep_folder(tmp_path):
+    """A sweep adds its files to its folder: an existing folder that holds other files and no
+    sweep spec is refused before anything is written, and keeps exactly what it held."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="not a sweep folder"):
+        run_sweep(spec("a"), out, LocalRunner(FakeStages()))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_sweep(spec("a"), empty, LocalRunner(FakeStages()))   # an empty folder is fine
+    assert (empty / "spec.yaml").is_file()
