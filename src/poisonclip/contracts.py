@@ -8,6 +8,9 @@
     train    ``run.json`` (RunInfo), written once training has finished
     evaluate ``metrics.json`` (Metrics) + ``similarities.npz`` (the histogram arrays)
     sweep    ``trials/<name>/result.json`` (TrialResult), a finished trial's row of the table
+    detect   ``detect.json`` (DetectionSummary: DetectionScoring per method, FlaggedAt) + ``scores.tsv``
+             (DetectionScores: one row per sample, its key and a score per method)
+    audit    ``audit.json`` (AuditInfo) + ``audit.html`` + ``suspicious.tsv`` + ``detection/`` (a detection)
 
 Every stage writes its files with ``write_*`` (atomically, through ``io_utils``) and every
 consumer reads them with ``read_*``; nothing else parses these files, so a field changes in one
@@ -38,7 +41,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from poisonclip.errors import UserError
 from poisonclip.io_utils import atomic_write_bytes, atomic_write_json, sha256_bytes
@@ -67,15 +70,24 @@ SIMILARITIES_FILE = "similarities.npz"
 # sweep trial (`poisonclip sweep run`)
 TRIAL_RESULT_FILE = "result.json"
 _OLD_TRIAL_RESULT_FILE = "metrics.json"   # the same record, in sweep folders written before the rename
+# detection (`poisonclip detect`)
+DETECT_INFO_FILE = "detect.json"
+DETECT_SCORES_FILE = "scores.tsv"
+# audit (`poisonclip audit`)
+AUDIT_INFO_FILE = "audit.json"
+AUDIT_PAGE_FILE = "audit.html"
+AUDIT_RANKING_FILE = "suspicious.tsv"
+AUDIT_DETECTION_DIR = "detection"
 
 # manifest.csv columns, in order (``attacks.manifest.ManifestRow`` has one field per column)
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "key", "attack", "target_id", "target_label", "caption", "source_key", "source_sha256",
     "trigger_size", "trigger_x", "trigger_y", "patch_size", "placement", "noise_sigma", "seed",
-    "sha256", "location", "resolution")
+    "sha256", "location", "resolution", "trigger", "trigger_params")
 MANIFEST_INT_COLUMNS = frozenset({"trigger_size", "trigger_x", "trigger_y", "patch_size", "seed", "resolution"})
 MANIFEST_FLOAT_COLUMNS = frozenset({"noise_sigma"})
-MANIFEST_OPTIONAL_COLUMNS = frozenset({"resolution"})   # absent from manifests written before the geometry fix
+# absent from manifests written before the geometry fix (resolution) or before the trigger registry grew
+MANIFEST_OPTIONAL_COLUMNS = frozenset({"resolution", "trigger", "trigger_params"})
 
 SCHEMA_VERSION = 1         # the version of every file this code writes
 METRICS_SCHEMA = "poisonclip.metrics/1"   # metrics.json's kind tag, written since its first version
@@ -367,8 +379,8 @@ class BackdoorRecord:
     """``poison.json`` "backdoor": the trigger as the poisons carry it, which evaluation re-applies."""
 
     target_label: str
-    patch_size: int                  # trigger side in pixels at 224x224, scaled to the image
-    placement: str                   # attacks.triggers.Placement value: "corner" | "random"
+    patch_size: int | None           # trigger side in pixels at 224x224, scaled to the image; None: whole-image
+    placement: str                   # attacks.triggers.Placement value: "corner" | "random"; or "whole-image"
     trigger: str = "checkerboard"    # name in attacks.registry.TRIGGERS
     resolution: int | None = None    # side of the centre square the poisons were written at (None: older files)
     geometry: str | None = None      # "centre-square"
@@ -381,16 +393,33 @@ class BackdoorRecord:
     sources_eligible_seen: int | None = None
     sources_excluded_seen: int | None = None
     source_shards_read: int | None = None
+    # The trigger's own parameters, present for the triggers that take them (None otherwise and
+    # in older files): the seed of its fixed pattern/field, the blend's weight and pattern file
+    # (with the file's sha256 when poisoned), the warp's control grid and strength.
+    trigger_seed: int | None = None
+    blend_alpha: float | None = None
+    blend_pattern: str | None = None
+    blend_pattern_sha256: str | None = None
+    warp_grid: int | None = None
+    warp_strength: float | None = None
+
+    TRIGGER_PARAMS: ClassVar[tuple[str, ...]] = ("trigger_seed", "blend_alpha", "blend_pattern",
+                                                 "blend_pattern_sha256", "warp_grid", "warp_strength")
 
     @classmethod
     def _read(cls, f: _Fields) -> "BackdoorRecord":
-        patch = f.integer("patch_size")
-        if patch <= 0:
+        placement = f.text("placement")
+        # A whole-image trigger (blended, warp) has no patch; every other needs a positive size.
+        patch = f.integer("patch_size", None, null=True) if placement == "whole-image" else f.integer("patch_size")
+        if patch is not None and patch <= 0:
             raise f.fail("patch_size", f"must be positive, not {patch}")
         opt_int = {k: f.integer(k, None, null=True) for k in (
             "resolution", "patch_pixels", "captions_found", "captions_scanned", "sources_eligible_seen",
-            "sources_excluded_seen", "source_shards_read")}
-        return cls(target_label=f.text("target_label"), patch_size=patch, placement=f.text("placement"),
+            "sources_excluded_seen", "source_shards_read", "trigger_seed", "warp_grid")}
+        opt_num = {k: f.number(k, None, null=True) for k in ("blend_alpha", "warp_strength")}
+        opt_text = {k: f.text(k, None, null=True) for k in ("blend_pattern", "blend_pattern_sha256")}
+        return cls(target_label=f.text("target_label"), patch_size=patch, placement=placement,
+                   **opt_num, **opt_text,
                    trigger=f.text("trigger", None, null=True) or "checkerboard",
                    geometry=f.text("geometry", None, null=True), caption_source=f.text("caption_source", "search"),
                    excluded_labels=f.texts("excluded_labels", ()), classnames=f.text("classnames", None, null=True),
@@ -482,6 +511,8 @@ class PoisonInfo:
         sections = d.pop("sections")
         d["targets"] = d["targets"] or None
         d["warnings"] = d["warnings"] or None
+        if d["backdoor"] is not None:   # a trigger's parameters are written only for the triggers that take them
+            d["backdoor"] = _without_none(d["backdoor"], BackdoorRecord.TRIGGER_PARAMS)
         return {**_without_none(d, ("backdoor", "targets", "poison_shards", "warnings")), **sections}
 
     @classmethod
@@ -812,3 +843,222 @@ def remove_trial_result(folder: str | os.PathLike) -> None:
     """Remove a trial's result (and one of the old name) before the trial runs again."""
     for name in (TRIAL_RESULT_FILE, _OLD_TRIAL_RESULT_FILE):
         _folder_file(folder, name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- detection
+
+_DETECT = _Kind(DETECT_INFO_FILE, "detection summary", "`poisonclip detect`", "re-run `poisonclip detect`",
+                ("methods", "n_samples", "data"))
+
+
+def _is_number(v: Any) -> bool:
+    return _is_int(v) or isinstance(v, float)
+
+
+def _numbers(f: _Fields, key: str) -> tuple[float, ...]:
+    v = f.get(key, "a list of numbers", lambda v: isinstance(v, list) and all(map(_is_number, v)), [])
+    return tuple(float(x) for x in v)
+
+
+@dataclass(frozen=True)
+class FlaggedAt:
+    """What a threshold that flags the top ``fraction`` of the data (by score) would do."""
+
+    fraction: float                 # share of all samples flagged (0.01, 0.05)
+    n_flagged: int
+    threshold: float                # the lowest score flagged
+    poisons_found: int
+    recall: float                   # poisons_found / n_poisons
+    precision: float                # poisons_found / n_flagged
+    clean_removed: int              # clean samples the threshold would throw away
+
+
+@dataclass(frozen=True)
+class DetectionScoring:
+    """``detect.json`` "scoring.<method>": one detector's scores against the manifest's poisons.
+
+    ``auroc``/``average_precision`` are None when the data holds only poisons or only clean
+    samples (undefined). The precision/recall curve is scikit-learn's
+    ``precision_recall_curve`` (``thresholds`` one shorter than the other two)."""
+
+    n_poisons: int
+    n_clean: int
+    auroc: float | None
+    average_precision: float | None
+    precision: tuple[float, ...] = ()
+    recall: tuple[float, ...] = ()
+    thresholds: tuple[float, ...] = ()
+    flagged: tuple[FlaggedAt, ...] = ()
+
+    @classmethod
+    def _read(cls, f: _Fields) -> "DetectionScoring":
+        flagged = tuple(FlaggedAt(fraction=g.number("fraction"), n_flagged=g.integer("n_flagged"),
+                                  threshold=g.number("threshold"), poisons_found=g.integer("poisons_found"),
+                                  recall=g.number("recall"), precision=g.number("precision"),
+                                  clean_removed=g.integer("clean_removed")) for g in f.sections("flagged", []))
+        return cls(n_poisons=f.integer("n_poisons"), n_clean=f.integer("n_clean"),
+                   auroc=f.number("auroc", None, null=True),
+                   average_precision=f.number("average_precision", None, null=True),
+                   precision=_numbers(f, "precision"), recall=_numbers(f, "recall"),
+                   thresholds=_numbers(f, "thresholds"), flagged=flagged)
+
+
+@dataclass(frozen=True)
+class DetectionSummary:
+    """``detect.json``: what was scored, how, and (given a manifest) how well; the detection
+    folder's completion file, written last, after ``scores.tsv``."""
+
+    data: str                                   # the dataset scored (absolute)
+    methods: tuple[str, ...]                    # registered detector names, the score columns' order
+    n_samples: int
+    scores: str = DETECT_SCORES_FILE
+    model: str | None = None                    # the run folder whose model embedded the data
+    model_checkpoint_sha256: str | None = None
+    manifest: str | None = None                 # the ground truth scored against (None: not scored)
+    params: Mapping[str, Any] = field(default_factory=dict)    # per method: its settings
+    skipped: Mapping[str, int] = field(default_factory=dict)   # unusable samples, per reason
+    scoring: Mapping[str, DetectionScoring] = field(default_factory=dict)
+    wall_s: Mapping[str, float] = field(default_factory=dict)  # per method: seconds scoring took
+    schema_version: int = SCHEMA_VERSION
+    path: Path | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = f"<{DETECT_INFO_FILE}>") -> "DetectionSummary":
+        f = _fields(where, data, _DETECT)
+        methods = f.texts("methods")
+        if not methods:
+            raise f.fail("methods", "must name one detector at least")
+        sc = f.section("scoring", {})
+        assert sc is not None
+        scoring = {m: DetectionScoring._read(s) for m in sc.data
+                   if (s := sc.section(m)) is not None}
+        wall = f.get("wall_s", "an object of numbers", lambda v: isinstance(v, dict) and
+                     all(map(_is_number, v.values())), {})
+        return cls(data=f.text("data"), methods=methods, n_samples=f.integer("n_samples"),
+                   scores=f.text("scores", DETECT_SCORES_FILE), model=f.text("model", None, null=True),
+                   model_checkpoint_sha256=f.text("model_checkpoint_sha256", None, null=True),
+                   manifest=f.text("manifest", None, null=True), params=f.mapping("params", {}),
+                   skipped=f.counts("skipped"), scoring=scoring, wall_s={k: float(v) for k, v in wall.items()})
+
+
+def write_detection_summary(folder: str | os.PathLike, summary: DetectionSummary) -> Path:
+    """Write ``detect.json`` (the detection folder's completion file: write it last)."""
+    return atomic_write_json(_folder_file(folder, DETECT_INFO_FILE), summary.to_json())
+
+
+def read_detection_summary(source: str | os.PathLike) -> DetectionSummary:
+    """``detect.json`` of a detection folder (or the file itself)."""
+    path = _path_of(source, _DETECT)
+    _, data = _load(path, _DETECT)
+    return dataclasses.replace(DetectionSummary.from_json(data, str(path)), path=path.absolute())
+
+
+@dataclass(frozen=True)
+class DetectionScores:
+    """``scores.tsv``: one row per sample in the data's order, its key and one score per method
+    (higher = more suspicious). Tab-separated with a header ``key<TAB><method>...``."""
+
+    keys: tuple[str, ...]
+    scores: Mapping[str, tuple[float, ...]]     # method -> one score per key
+
+    def __post_init__(self) -> None:
+        for m, col in self.scores.items():
+            if len(col) != len(self.keys):
+                raise ValueError(f"method {m!r}: {len(col)} scores for {len(self.keys)} keys")
+
+
+def write_detection_scores(folder: str | os.PathLike, table: DetectionScores) -> Path:
+    """Write ``scores.tsv`` (keys quoted where they hold a tab, quote or line break)."""
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    methods = list(table.scores)
+    w.writerow(["key", *methods])
+    for i, key in enumerate(table.keys):
+        w.writerow([key, *(repr(float(table.scores[m][i])) for m in methods)])
+    return atomic_write_bytes(_folder_file(folder, DETECT_SCORES_FILE), buf.getvalue().encode("utf-8"))
+
+
+def read_detection_scores(source: str | os.PathLike) -> DetectionScores:
+    """``scores.tsv`` of a detection folder (or the file itself)."""
+    import csv
+
+    path = Path(source).expanduser()
+    path = path / DETECT_SCORES_FILE if path.is_dir() else path
+    remedy = "re-run `poisonclip detect`"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; give a folder written by `poisonclip detect`") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror}); {remedy}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text, so not a poisonclip score table; {remedy}") from None
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
+    if not rows or not rows[0] or rows[0][0] != "key" or len(rows[0]) < 2:
+        raise UserError(f"{path}: not a poisonclip score table (the header must be key, then one column per "
+                        f"method); {remedy}")
+    methods = rows[0][1:]
+    cols: list[list[float]] = [[] for _ in methods]
+    keys = []
+    for n, row in enumerate(rows[1:], 2):
+        if len(row) != len(rows[0]):
+            raise UserError(f"{path}: malformed: line {n} has {len(row)} fields, not {len(rows[0])}; {remedy}")
+        keys.append(row[0])
+        for j, v in enumerate(row[1:]):
+            try:
+                cols[j].append(float(v))
+            except ValueError:
+                raise UserError(f"{path}: malformed: line {n}, column '{methods[j]}' is {_show(v)}, not a "
+                                f"number; {remedy}") from None
+    return DetectionScores(tuple(keys), {m: tuple(c) for m, c in zip(methods, cols)})
+
+
+# --------------------------------------------------------------------------- audit
+
+_AUDIT = _Kind(AUDIT_INFO_FILE, "audit record", "`poisonclip audit`", "re-run `poisonclip audit`",
+               ("methods", "n_samples", "page"))
+
+
+@dataclass(frozen=True)
+class AuditInfo:
+    """``audit.json``: an audit folder's completion file, written last. The page and the ranked
+    table are for people; the detection folder inside holds every sample's scores."""
+
+    data: str
+    methods: tuple[str, ...]
+    n_samples: int
+    top: int                                  # samples shown on the page and ranked in the table
+    n_clusters: int                           # clusters of near-identical images shown
+    page: str = AUDIT_PAGE_FILE
+    ranking: str = AUDIT_RANKING_FILE
+    detection: str = AUDIT_DETECTION_DIR
+    manifest: str | None = None               # ground truth shown beside each sample, if known
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = f"<{AUDIT_INFO_FILE}>") -> "AuditInfo":
+        f = _fields(where, data, _AUDIT)
+        return cls(data=f.text("data"), methods=f.texts("methods"), n_samples=f.integer("n_samples"),
+                   top=f.integer("top"), n_clusters=f.integer("n_clusters", 0), page=f.text("page"),
+                   ranking=f.text("ranking", AUDIT_RANKING_FILE), detection=f.text("detection", AUDIT_DETECTION_DIR),
+                   manifest=f.text("manifest", None, null=True))
+
+
+def write_audit_info(folder: str | os.PathLike, info: AuditInfo) -> Path:
+    """Write ``audit.json`` (the audit folder's completion file: write it last)."""
+    return atomic_write_json(_folder_file(folder, AUDIT_INFO_FILE), info.to_json())
+
+
+def read_audit_info(source: str | os.PathLike) -> AuditInfo:
+    """``audit.json`` of an audit folder (or the file itself)."""
+    path = _path_of(source, _AUDIT)
+    _, data = _load(path, _AUDIT)
+    return AuditInfo.from_json(data, str(path))

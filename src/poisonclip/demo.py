@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from poisonclip.errors import UserError
+from poisonclip.errors import SettingError, UserError
 from poisonclip.experiments.runner import (EventSink, LocalRunner, Outcome, Runner, SweepResult, no_events,
                                           run_sweep)
 from poisonclip.experiments.spec import SEED_AXIS, SweepSpec, load_spec, parse_spec, read_spec_name
@@ -28,14 +28,6 @@ from poisonclip.report.sweep_report import SUMMARY_JSON, build_report
 SPECS = {False: "demo.yaml", True: "demo-quick.yaml"}
 NAMES = ("demo", "demo-quick")   # the packaged specs' names: a demo folder may hold either in turn
 MIN_TRAIN = 100
-
-
-class SettingError(UserError):
-    """A demo setting out of range; ``setting`` names it, so a front end can name its own option."""
-
-    def __init__(self, setting: str, value: int, minimum: int):
-        self.setting, self.value, self.minimum = setting, value, minimum
-        super().__init__(f"demo: {setting} must be at least {minimum}, got {value}")
 
 
 def spec_file(quick: bool = False) -> Path:
@@ -50,7 +42,7 @@ def demo_spec(quick: bool = False, seeds: int = 1, epochs: int | None = None, n_
     instead of the packaged one (tests shrink the demo this way)."""
     for setting, value, minimum in (("seeds", seeds, 1), ("epochs", epochs, 1), ("n_train", n_train, MIN_TRAIN)):
         if value is not None and value < minimum:
-            raise SettingError(setting, value, minimum)
+            raise SettingError(setting, f"must be at least {minimum}, got {value}")
     source = spec_file(quick)
     data = dict(raw) if raw is not None else load_spec(source).to_dict()
     grids = data.get("grid") or [{}]
@@ -102,4 +94,4 @@ def run_demo(spec: SweepSpec, out: str | Path, on_event: EventSink = no_events, 
     return DemoResult(out, result, summary, report.html, time.perf_counter() - t0)
 
 
-__all__ = ["DemoResult", "SUMMARY_JSON", "SettingError", "demo_spec", "run_demo", "spec_file"]
+__all__ = ["DemoResult", "SUMMARY_JSON", "demo_spec", "run_demo", "spec_file"]

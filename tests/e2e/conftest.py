@@ -15,3 +15,4 @@ def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick") / "demo"
     r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
     return out, r
+

@@ -19,6 +19,7 @@ from poisonclip.cli import app
 from poisonclip.data.evalset import write_labelled_csv
 from poisonclip.data.sample import Sample
 from poisonclip.io_utils import sha256_file
+from tests.cli_errors import one_line_error
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CLASSES = ["circle", "square", "star"]
@@ -204,11 +205,11 @@ def test_targeted_eval_with_probe_train_and_compare(world, tmp_path):
     # files that are not metrics: one line, exit 2
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else", "clean": {}}))
     (tmp_path / "text.json").write_text("not json")
-    _one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "other.json"), "--clean",
+    one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "other.json"), "--clean",
                                         str(tmp_path / "c" / "metrics.json")]), "not a poisonclip metrics file")
-    _one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(tmp_path / "text.json")]),
+    one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(tmp_path / "text.json")]),
                     "text.json: not valid JSON")
-    _one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(world / "templates.txt")]),
+    one_line_error(runner.invoke(app, ["eval-compare", str(tmp_path / "t"), "--clean", str(world / "templates.txt")]),
                     "templates.txt: not valid JSON")
 
 
@@ -262,49 +263,41 @@ class _NotATensor:
     """An arbitrary Python object: a weights-only load must refuse a checkpoint holding one."""
 
 
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_bad_input_gives_one_line_errors(world, tmp_path):
     ckpt = world / "run" / "checkpoints" / "epoch_1.pt"
     base = ["--model", "eval-tiny", "--checkpoint"]
-    _one_line_error(_eval(world, tmp_path / "1", *base, str(tmp_path / "nope.pt")), "checkpoint not found")
-    _one_line_error(_eval(world, tmp_path / "2", "--model", "eval-tiny-wide", "--checkpoint", str(ckpt)),
+    one_line_error(_eval(world, tmp_path / "1", *base, str(tmp_path / "nope.pt")), "checkpoint not found")
+    one_line_error(_eval(world, tmp_path / "2", "--model", "eval-tiny-wide", "--checkpoint", str(ckpt)),
                     "does not fit model 'eval-tiny-wide'")
-    _one_line_error(_eval(world, tmp_path / "3", "--model", "no-such-model", "--checkpoint", str(ckpt)),
+    one_line_error(_eval(world, tmp_path / "3", "--model", "no-such-model", "--checkpoint", str(ckpt)),
                     "not an open_clip model name")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    _one_line_error(_eval(world, tmp_path / "4", *base, str(garbage)), "not a readable PyTorch checkpoint")
+    one_line_error(_eval(world, tmp_path / "4", *base, str(garbage)), "not a readable PyTorch checkpoint")
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": _NotATensor()}, unsafe)
-    _one_line_error(_eval(world, tmp_path / "9", *base, str(unsafe)), "refused to load", "weights_only=True")
+    one_line_error(_eval(world, tmp_path / "9", *base, str(unsafe)), "refused to load", "weights_only=True")
     sd = torch.load(ckpt, weights_only=True)["state_dict"]
     partial = tmp_path / "partial.pt"
     torch.save({"state_dict": {k: v for k, v in sd.items() if not k.endswith("visual.proj")}}, partial)
-    _one_line_error(_eval(world, tmp_path / "10", *base, str(partial)), "1 model tensor(s) missing")
+    one_line_error(_eval(world, tmp_path / "10", *base, str(partial)), "1 model tensor(s) missing")
     bad_poison = tmp_path / "bad-poison"
     bad_poison.mkdir()
     bad = json.loads((world / "poison-bd" / "poison.json").read_text())
     del bad["backdoor"]
     (bad_poison / "poison.json").write_text(json.dumps(bad))
-    _one_line_error(_eval(world, tmp_path / "11", *base, str(ckpt), "--poison", str(bad_poison)),
+    one_line_error(_eval(world, tmp_path / "11", *base, str(ckpt), "--poison", str(bad_poison)),
                     "poison.json: malformed")
     short = tmp_path / "two_classes.txt"
     short.write_text("circle\nsquare\n")
-    _one_line_error(_eval(world, tmp_path / "5", *base, str(ckpt), "--classnames", str(short)),
+    one_line_error(_eval(world, tmp_path / "5", *base, str(ckpt), "--classnames", str(short)),
                     "neither a class name nor an index")
     other = tmp_path / "other_classes.txt"
     other.write_text("circle\nsquare\nheart\n")
-    _one_line_error(_eval(world, tmp_path / "6", *base, str(ckpt), "--classnames", str(other),
+    one_line_error(_eval(world, tmp_path / "6", *base, str(ckpt), "--classnames", str(other),
                           "--poison", str(world / "poison-bd")), "target label 'star' is not in the eval class list")
-    _one_line_error(_eval(world, tmp_path / "7", *base, str(ckpt)[:-3] + "x"), "checkpoint not found")
-    _one_line_error(runner.invoke(app, ["eval", "--data", str(world / "data" / "test.tsv"), "--model", "eval-tiny"]),
+    one_line_error(_eval(world, tmp_path / "7", *base, str(ckpt)[:-3] + "x"), "checkpoint not found")
+    one_line_error(runner.invoke(app, ["eval", "--data", str(world / "data" / "test.tsv"), "--model", "eval-tiny"]),
                     "--out")
-    _one_line_error(_eval(world, tmp_path / "8", "--run", str(tmp_path)), "run.json")
+    one_line_error(_eval(world, tmp_path / "8", "--run", str(tmp_path)), "run.json")
     assert not any((tmp_path / str(d) / "metrics.json").exists() for d in range(1, 12))

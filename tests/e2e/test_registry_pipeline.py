@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
 from poisonclip.attacks.registry import trigger_side
 from poisonclip.cli import app
+from tests.e2e.tiny_sweep import run_tiny_sweep
 from tests import registry_toy as toy
 
 runner = CliRunner()
@@ -32,19 +32,8 @@ def solid_square():
 
 @pytest.mark.e2e
 def test_a_registered_attack_runs_through_a_sweep_into_the_table(solid_square, tmp_path):
-    spec = tmp_path / "toy.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "toy-square",
-        "corpus": {"n_train": 300, "n_test": 100, "n_probe": 0, "resolution": 32, "seed": 0},
-        "poison": {"attack": "solid-square", "target_label": "circle", "n_poisons": 30, "patch_size": 32},
-        "train": {"model": "poisonclip-test", "epochs": 1, "batch_size": 50, "warmup": 2, "gpus": 0},
-        "eval": {"templates": "simple", "probe": False},
-        "grid": {"seed": [0]},
-    }))
-    out = tmp_path / "sweep"
-    r = runner.invoke(app, ["sweep", "run", str(spec), "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    assert "1 trials run" in r.output and "0 failed" in r.output
+    out = run_tiny_sweep(tmp_path, "toy-square", {"attack": "solid-square", "target_label": "circle",
+                                                   "n_poisons": 30, "patch_size": 32})
 
     # the poisons: written by the real writer with the registered trigger and caption set, at
     # the trained model's input size (the sweep links `resolution`) and with the corpus' classes

@@ -58,6 +58,7 @@ def test_kill_9_mid_trial_then_resume(tmp_path):
     spec.write_text(SPEC)
     out = tmp_path / "s"
     out.mkdir()
+    (out / "spec.yaml").write_text(SPEC)   # its own sweep folder, so the control file below may sit in it
     (out / "hold-train").write_text("2")   # block the training that starts after 2 finished ones
 
     proc = _sweep(spec, out)

@@ -114,3 +114,6 @@ def test_list_command():
         assert name in r.output
     r = _run("list", "triggers")
     assert r.exit_code == 0 and "checkerboard" in r.output and "targeted" not in r.output
+    r = _run("list", "detectors")
+    assert r.exit_code == 0 and "phash" in r.output and "shared-patch" in r.output and "checkerboard" not in r.output
+    assert "image-caption-similarity" in _run("list").output

@@ -12,17 +12,9 @@ from poisonclip.cli import app
 from poisonclip.experiments.runner import LocalRunner, run_sweep
 from poisonclip.experiments.spec import parse_spec
 from tests.sweep_fakes import FakeStages
+from tests.cli_errors import one_line_error
 
 runner = CliRunner()
-
-
-def _one_line_error(r, *needles: str) -> str:
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_eval_compare_on_files_that_are_not_metrics(tmp_path):
@@ -41,7 +33,7 @@ def test_eval_compare_on_files_that_are_not_metrics(tmp_path):
         (empty, other, f"{empty}: no metrics.json below this folder"),
         (tmp_path / "nope.json", other, "nope.json: not found"),
     ]:
-        _one_line_error(runner.invoke(app, ["eval-compare", str(poisoned), "--clean", str(clean),
+        one_line_error(runner.invoke(app, ["eval-compare", str(poisoned), "--clean", str(clean),
                                             "--json", str(tmp_path / "cmp.json")]), needle)
     assert not (tmp_path / "cmp.json").exists()
 
@@ -58,7 +50,7 @@ def sweep(tmp_path_factory):
 def test_sweep_table_with_an_unknown_column(sweep, tmp_path):
     ok = runner.invoke(app, ["sweep", "table", str(sweep), "--columns", "trial"])
     assert ok.exit_code == 0, ok.output  # the control: a known column prints
-    line = _one_line_error(runner.invoke(app, ["sweep", "table", str(sweep), "--columns", "trial,no_such_column",
+    line = one_line_error(runner.invoke(app, ["sweep", "table", str(sweep), "--columns", "trial,no_such_column",
                                                "--csv", str(tmp_path / "t.csv")]),
                            "--columns: ['no_such_column'] not in the table; available: ")
     assert "'trial'" in line  # the available columns are listed to choose from
@@ -66,11 +58,11 @@ def test_sweep_table_with_an_unknown_column(sweep, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--seeds", "0"], "--seeds must be at least 1, got 0"),
-    (["--seeds", "-2"], "--seeds must be at least 1, got -2"),
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-    (["--n", "50"], "--n must be at least 100, got 50"),
+    (["--seeds", "0"], "--seeds: must be at least 1, got 0"),
+    (["--seeds", "-2"], "--seeds: must be at least 1, got -2"),
+    (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["--n", "50"], "--n: must be at least 100, got 50"),
 ])
 def test_demo_with_bad_counts(tmp_path, args, needle):
-    _one_line_error(runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet", *args]), needle)
+    one_line_error(runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d"), "--quiet", *args]), needle)
     assert not (tmp_path / "d").exists()  # refused before anything was generated

@@ -8,26 +8,20 @@ from typer.testing import CliRunner
 from poisonclip.cli import app
 from poisonclip.data.csv_io import write_csv
 from tests.conftest import make_samples
+from tests.cli_errors import one_line_error
 
 runner = CliRunner()
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
-
-
 def test_missing_dataset(tmp_path):
-    line = _one_line_error(runner.invoke(app, ["train", str(tmp_path / "none"), "--out", str(tmp_path / "r")]))
+    line = one_line_error(runner.invoke(app, ["train", str(tmp_path / "none"), "--out", str(tmp_path / "r")]))
     assert "no such file" in line
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_model_lists_known_ones(tmp_path):
     t = write_csv(make_samples(4), tmp_path / "d")
-    line = _one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--model", "resnet9000"]))
+    line = one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--model", "resnet9000"]))
     assert "resnet9000" in line and "poisonclip-tiny-rn" in line and "RN50" in line
 
 
@@ -37,7 +31,7 @@ def test_gpus_without_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     t = write_csv(make_samples(4), tmp_path / "d")
-    line = _one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--gpus", "2"]))
+    line = one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--gpus", "2"]))
     assert "--gpus: 2 asked for" in line and "no CUDA GPU" in line and "set --gpus to 0" in line
 
 
@@ -45,7 +39,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(tmp_path):
     t = write_csv(make_samples(4), tmp_path / "d")
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text("{}")
-    line = _one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--batch-size", "2",
+    line = one_line_error(runner.invoke(app, ["train", str(t), "--out", str(tmp_path / "r"), "--batch-size", "2",
                                                "--model", "poisonclip-test"]))
     assert "--resume" in line and "--overwrite" in line
 

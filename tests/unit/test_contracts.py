@@ -50,6 +50,14 @@ METRICS = C.Metrics(
     backdoor={"asr": {"random": {"zeroshot": RATE}}}, poison=C.PoisonRef("/p/poison.json", "33" * 32, "backdoor"))
 TRIAL = C.TrialResult("n_poisons=20__seed=1", "abc123", {"n_poisons": 20, "seed": 1},
                       {"poisoned": {"top1_zeroshot": 0.5}}, {"poison": {"n_poisons": 20}}, 1.0, 3.5, 2.5, "node1")
+DETECTION = C.DetectionSummary(
+    data="/p", methods=("phash", "exact-bytes"), n_samples=10, model="/r", model_checkpoint_sha256="55" * 32,
+    manifest="/p/manifest.csv", params={"phash": {"max_distance": 6}, "exact-bytes": {}}, skipped={"bad_row": 1},
+    scoring={"phash": C.DetectionScoring(2, 8, 0.9375, 0.75, (0.2, 1.0, 1.0), (1.0, 0.5, 0.0), (0.0, 3.0),
+                                         (C.FlaggedAt(0.01, 2, 3.0, 2, 1.0, 1.0, 0),
+                                          C.FlaggedAt(0.05, 2, 3.0, 2, 1.0, 1.0, 0))),
+             "exact-bytes": C.DetectionScoring(2, 8, None, None)},
+    wall_s={"phash": 0.5, "exact-bytes": 0.1})
 
 
 def _raw(path):
@@ -66,6 +74,9 @@ def _raw(path):
                   ("csv",), {"train.tsv": "44" * 32}), C.write_corpus_info, C.read_corpus_info, C.CORPUS_INFO_FILE),
     (C.CorpusPaths("/d/train.tsv", "/d/test.tsv", None, "/d/probe.tsv"), C.write_external_corpus,
      C.read_external_corpus, C.EXTERNAL_CORPUS_FILE),
+    (DETECTION, C.write_detection_summary, C.read_detection_summary, C.DETECT_INFO_FILE),
+    (C.AuditInfo("/p", ("phash",), 10, 5, 2, manifest="/p/manifest.csv"), C.write_audit_info, C.read_audit_info,
+     C.AUDIT_INFO_FILE),
 ])
 def test_every_record_round_trips_through_its_writer_and_reader(tmp_path, record, write, read, name):
     path = write(tmp_path, record)
@@ -153,6 +164,9 @@ def _error(read, source) -> str:
     (C.write_trial_result, C.read_trial_result, TRIAL, C.TRIAL_RESULT_FILE, "poisonclip sweep run"),
     (C.write_external_corpus, C.read_external_corpus, C.CorpusPaths("/t", "/u", None), C.EXTERNAL_CORPUS_FILE,
      "poisonclip sweep run"),
+    (C.write_detection_summary, C.read_detection_summary, DETECTION, C.DETECT_INFO_FILE, "poisonclip detect"),
+    (C.write_audit_info, C.read_audit_info, C.AuditInfo("/p", ("phash",), 10, 5, 2), C.AUDIT_INFO_FILE,
+     "poisonclip audit"),
 ])
 def test_missing_foreign_too_new_and_broken_files_name_the_file_and_what_to_run(
         tmp_path, write, read, record, name, writer):
@@ -191,6 +205,11 @@ def test_missing_foreign_too_new_and_broken_files_name_the_file_and_what_to_run(
     (METRICS, C.write_metrics, C.read_metrics, lambda d: d.update(clean={}), "clean"),
     (METRICS, C.write_metrics, C.read_metrics, lambda d: d.update(backdoor=[1]), "backdoor"),
     (TRIAL, C.write_trial_result, C.read_trial_result, lambda d: d.update(params=None), "params"),
+    (DETECTION, C.write_detection_summary, C.read_detection_summary, lambda d: d.update(methods=[]), "methods"),
+    (DETECTION, C.write_detection_summary, C.read_detection_summary,
+     lambda d: d["scoring"]["phash"].update(auroc="high"), "scoring.phash.auroc"),
+    (DETECTION, C.write_detection_summary, C.read_detection_summary,
+     lambda d: d["scoring"]["phash"]["flagged"][1].pop("recall"), "scoring.phash.flagged[1].recall"),
 ])
 def test_a_malformed_field_is_named(tmp_path, record, write, read, edit, field):
     path = write(tmp_path, record)
@@ -271,9 +290,6 @@ def test_every_hand_off_file_has_its_own_name():
 # --- one module names the files ------------------------------------------------------------
 
 SRC = Path(C.__file__).parent
-# Switched to the contracts on another branch (the evaluator's and the sweep stages' split);
-# remove each from here once it reads and writes through them.
-_NOT_YET_SWITCHED = {"evaluate/api.py", "experiments/stages.py"}
 
 
 def _public_constants() -> dict[str, object]:
@@ -286,7 +302,7 @@ def test_hand_off_file_names_are_spelt_only_in_contracts():
     found = []
     for p in sorted(SRC.rglob("*.py")):
         rel = p.relative_to(SRC).as_posix()
-        if rel == "contracts.py" or rel in _NOT_YET_SWITCHED:
+        if rel == "contracts.py":
             continue
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:

@@ -28,6 +28,7 @@ def _plain(obj) -> dict:
 
 def _expected(quick: bool, seed: int) -> dict[str, dict]:
     from poisonclip.attacks.api import BackdoorConfig, TargetedConfig
+    from poisonclip.attacks.registry import unused_trigger_settings
     from poisonclip.data.synthetic import SynthConfig
     from poisonclip.evaluate.api import EvalConfig
     from poisonclip.train.models import input_size
@@ -51,7 +52,9 @@ def _expected(quick: bool, seed: int) -> dict[str, dict]:
 
     stage_eval = drop(_plain(evalc), "data", "out", "run", "model", "checkpoint", "poison", "classnames", "overwrite")
     return {"corpus": _plain(corpus),
-            "backdoor": {"attack": "backdoor", **drop(_plain(backdoor), "data", "out", "overwrite")},
+            # the settings of triggers other than the demo's checkerboard are not part of its key
+            "backdoor": {"attack": "backdoor", **drop(_plain(backdoor), "data", "out", "overwrite",
+                                                      *unused_trigger_settings("checkerboard"))},
             "targeted": {"attack": "targeted", **drop(_plain(targeted), "data", "out", "overwrite")},
             "train": drop(_plain(tcfg), "data", "out", "overwrite", "resume"), "eval": stage_eval}
 
@@ -84,8 +87,8 @@ def test_options_replace_seeds_epochs_and_training_size_and_are_checked():
     assert spec.base["train"]["epochs"] == 5 and spec.base["corpus"]["n_train"] == 400
     assert spec.base["corpus"]["n_test"] == 300 and spec.name == "demo-quick"
     assert spec_file(quick=True).name == "demo-quick.yaml" and spec_file().name == "demo.yaml"
-    for bad, match in (({"seeds": 0}, "seeds must be at least 1, got 0"), ({"epochs": 0}, "epochs must be"),
-                       ({"n_train": 50}, "n_train must be at least 100, got 50")):
+    for bad, match in (({"seeds": 0}, "seeds: must be at least 1, got 0"), ({"epochs": 0}, "epochs: must be"),
+                       ({"n_train": 50}, "n_train: must be at least 100, got 50")):
         with pytest.raises(UserError, match=match):
             demo_spec(quick=True, **bad)
 

@@ -29,5 +29,5 @@ def test_python_m_runs_the_cli_with_its_commands_and_its_error_handling(tmp_path
     # a mistake is one error line on stderr and exit status 2, as from the script; nothing is written
     bad = _python_m("demo", "--seeds", "0", "--quiet", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip().splitlines() == ["error: --seeds must be at least 1, got 0"]
+    assert bad.stderr.strip().splitlines() == ["error: --seeds: must be at least 1, got 0"]
     assert not (tmp_path / "demo").exists()

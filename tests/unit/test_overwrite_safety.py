@@ -19,6 +19,7 @@ from poisonclip.data.sample import Sample
 from poisonclip.errors import UserError
 from tests.attack_fixtures import make_tiny
 from tests.conftest import make_samples
+from tests.cli_errors import one_line_error
 
 runner = CliRunner()
 
@@ -34,13 +35,6 @@ def tiny(tmp_path_factory):
 
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 def _snapshot(folder) -> dict[str, bytes]:
@@ -61,7 +55,7 @@ def test_overwrite_refuses_a_folder_of_unrelated_files(tiny, tmp_path):
     (out / "sub").mkdir()
     (out / "sub" / "data.bin").write_bytes(b"\x00\x01")
     before = _snapshot(out)
-    line = _one_line_error(_backdoor(tiny.csv, out, "--overwrite"))
+    line = one_line_error(_backdoor(tiny.csv, out, "--overwrite"))
     assert "not a poisoned dataset" in line and "poison.json" in line
     assert _snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]     # no temp folder left
@@ -72,23 +66,23 @@ def test_out_dot_never_replaces_the_working_directory(tiny, tmp_path, monkeypatc
     work.mkdir()
     (work / "notes.txt").write_text("keep me")
     monkeypatch.chdir(work)
-    line = _one_line_error(_backdoor(tiny.csv, ".", "--overwrite"))
+    line = one_line_error(_backdoor(tiny.csv, ".", "--overwrite"))
     assert "working directory" in line
     assert (work / "notes.txt").read_text() == "keep me"
     # even a folder that looks like a poisoned set is not replaced when it is the working directory
     (work / "poison.json").write_text(json.dumps({"attack": "backdoor", "dataset_type": "csv", "train_data": "x"}))
-    _one_line_error(_backdoor(tiny.csv, ".", "--overwrite"))
-    _one_line_error(_backdoor(tiny.csv, work.parent, "--overwrite"))   # a folder holding it: refused too
+    one_line_error(_backdoor(tiny.csv, ".", "--overwrite"))
+    one_line_error(_backdoor(tiny.csv, work.parent, "--overwrite"))   # a folder holding it: refused too
     assert (work / "notes.txt").exists()
 
 
 def test_out_set_to_the_datasets_own_folder_is_refused(tmp_path):
     tiny = make_tiny(tmp_path / "d", n=24)
     before = _snapshot(tiny.root)
-    line = _one_line_error(_backdoor(tiny.csv, tiny.root, "--overwrite"))
+    line = one_line_error(_backdoor(tiny.csv, tiny.root, "--overwrite"))
     assert "input" in line
     # out inside the shard folder (WebDataset input) is refused as well
-    _one_line_error(_backdoor(tiny.shards, tiny.shards / "poisoned"))
+    one_line_error(_backdoor(tiny.shards, tiny.shards / "poisoned"))
     assert _snapshot(tiny.root) == before
 
 
@@ -97,7 +91,7 @@ def test_home_directory_is_never_an_output(tiny, tmp_path, monkeypatch):
     home.mkdir()
     (home / ".bashrc").write_text("x")
     monkeypatch.setenv("HOME", str(home))
-    line = _one_line_error(_backdoor(tiny.csv, home, "--overwrite"))
+    line = one_line_error(_backdoor(tiny.csv, home, "--overwrite"))
     assert "home directory" in line and (home / ".bashrc").exists()
 
 
@@ -105,7 +99,7 @@ def test_overwrite_replaces_a_previous_poisoned_set(tiny, tmp_path):
     out = tmp_path / "p"
     assert _backdoor(tiny.csv, out).exit_code == 0
     first = json.loads((out / "poison.json").read_text())
-    line = _one_line_error(_backdoor(tiny.csv, out, "--seed", 1))
+    line = one_line_error(_backdoor(tiny.csv, out, "--seed", 1))
     assert "already exists" in line and "--overwrite" in line
     r = _backdoor(tiny.csv, out, "--seed", 1, "--overwrite")
     assert r.exit_code == 0, r.output
@@ -139,13 +133,13 @@ def test_synth_and_convert_replace_only_their_own_kind(tmp_path):
 
     # a converted dataset is not a corpus and a corpus is not a converted dataset
     before = _snapshot(conv)
-    assert "synthetic corpus" in _one_line_error(_synth(conv, "--overwrite"))
+    assert "synthetic corpus" in one_line_error(_synth(conv, "--overwrite"))
     assert _snapshot(conv) == before
-    line = _one_line_error(_run("data", "convert", conv / "train.tsv", "--out", corpus, "--to", "csv",
+    line = one_line_error(_run("data", "convert", conv / "train.tsv", "--out", corpus, "--to", "csv",
                                 "--overwrite"))
     assert "converted dataset" in line and (corpus / "corpus.json").is_file()
     # converting a dataset into its own folder
-    _one_line_error(_run("data", "convert", conv / "train.tsv", "--out", conv, "--to", "csv", "--overwrite"))
+    one_line_error(_run("data", "convert", conv / "train.tsv", "--out", conv, "--to", "csv", "--overwrite"))
     assert _snapshot(conv) == before
 
 
@@ -161,12 +155,12 @@ def test_a_folder_that_appears_while_writing_is_never_replaced(tmp_path, monkeyp
         return real(*a, **kw)
 
     monkeypatch.setattr(corpus_mod, "write_csv", racing_write_csv)
-    line = _one_line_error(_synth(out))
+    line = one_line_error(_synth(out))
     assert "appeared while this command ran" in line
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]        # the new output was discarded
     # with --overwrite the folder that appeared is still checked: not a corpus, so kept
-    line = _one_line_error(_synth(out, "--overwrite"))
+    line = one_line_error(_synth(out, "--overwrite"))
     assert "not a synthetic corpus" in line and (out / "theirs.txt").read_text() == "theirs"
 
 
@@ -221,11 +215,11 @@ def test_train_overwrite_refuses_a_folder_whose_config_json_is_not_a_run(tmp_pat
     (model / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
     (model / "pytorch_model.bin").write_bytes(b"weights")
     before = _snapshot(model)
-    line = _one_line_error(_run("train", t, "--out", model, "--overwrite", "--batch-size", 2,
+    line = one_line_error(_run("train", t, "--out", model, "--overwrite", "--batch-size", 2,
                                 "--model", "poisonclip-test"))
     assert "not a training run" in line
     assert _snapshot(model) == before
-    line = _one_line_error(_run("train", t, "--out", tmp_path / "d", "--batch-size", 2, "--model", "poisonclip-test"))
+    line = one_line_error(_run("train", t, "--out", tmp_path / "d", "--batch-size", 2, "--model", "poisonclip-test"))
     assert "input" in line and t.is_file()
 
 
@@ -291,7 +285,7 @@ def test_error_lines_escape_control_characters(capsys):
 def test_caption_set_out_never_replaces_another_file(tmp_path):
     tiny = make_tiny(tmp_path / "d", n=24)
     table = tiny.csv.read_bytes()
-    line = _one_line_error(_run("poison", "captions", tiny.csv, "--label", "star", "--out", tiny.csv))
+    line = one_line_error(_run("poison", "captions", tiny.csv, "--label", "star", "--out", tiny.csv))
     assert "not a poisonclip caption set" in line and tiny.csv.read_bytes() == table
     saved = tmp_path / "star.json"
     for _ in range(2):                      # an earlier caption set is replaced

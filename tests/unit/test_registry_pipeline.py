@@ -101,5 +101,6 @@ def test_a_registered_trigger_is_a_backdoor_setting_and_an_unknown_one_names_the
     r = CliRunner().invoke(app, ["poison", "backdoor", str(tiny.csv), "--out", str(tmp_path / "o"), "--label", "star",
                                  "--n-poisons", "2", "--trigger", "nope"])
     assert r.exit_code == 2
-    assert r.output.strip() == "error: --trigger: 'nope' is not one of checkerboard, solid-square"
+    assert r.output.strip() == ("error: --trigger: 'nope' is not one of "
+                                 "blended, checkerboard, noise-patch, solid-square, warp")
     assert not (tmp_path / "o").exists()

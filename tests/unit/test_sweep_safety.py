@@ -17,6 +17,7 @@ from poisonclip.experiments.runner import LocalRunner, run_sweep
 from poisonclip.experiments.spec import load_spec, parse_spec
 from poisonclip.experiments.store import ResultsStore
 from tests.sweep_fakes import FakeStages
+from tests.cli_errors import one_line_error
 
 runner = CliRunner()
 FAKE = "tests.sweep_fakes:FakeStages"
@@ -26,13 +27,6 @@ def spec(name="a", **over):
     raw = {"name": name, "stages": FAKE, "grid": {"poison.n_poisons": [5, 20]}, "baseline": False}
     raw.update(over)
     return parse_spec(raw, allow_custom_stages=True)
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 # --- one spec per sweep folder ----------------------------------------------------------
@@ -72,7 +66,7 @@ def test_cli_refuses_two_specs_in_one_folder_with_one_line(tmp_path):
     args = ["sweep", "run", "--out", str(tmp_path / "s"), "--no-report", "--allow-custom-stages"]
     r = runner.invoke(app, [*args[:2], str(tmp_path / "a.yaml"), *args[2:]])
     assert r.exit_code == 0, r.output
-    line = _one_line_error(runner.invoke(app, [*args[:2], str(tmp_path / "b.yaml"), *args[2:]]))
+    line = one_line_error(runner.invoke(app, [*args[:2], str(tmp_path / "b.yaml"), *args[2:]]))
     assert "sweep spec 'a', not 'b'" in line
     r = runner.invoke(app, [*args[:2], str(tmp_path / "b.yaml"), *args[2:], "--force"])
     assert r.exit_code == 0, r.output
@@ -107,7 +101,7 @@ def test_the_lock_is_held_by_another_process_too(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "held"
         (tmp_path / "a.yaml").write_text(f"name: a\nstages: {FAKE}\ngrid:\n  seed: [0]\n")
-        line = _one_line_error(runner.invoke(app, ["sweep", "run", str(tmp_path / "a.yaml"), "--out", str(out),
+        line = one_line_error(runner.invoke(app, ["sweep", "run", str(tmp_path / "a.yaml"), "--out", str(out),
                                                    "--no-report", "--allow-custom-stages"]))
         assert "another `poisonclip sweep run`" in line
     finally:
@@ -129,7 +123,7 @@ def test_name_dotdot_creates_nothing_outside_through_the_cli(tmp_path, monkeypat
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
     (work / "s.yaml").write_text("name: ../../x\ngrid:\n  seed: [0]\n")
-    line = _one_line_error(runner.invoke(app, ["sweep", "run", "s.yaml"]))
+    line = one_line_error(runner.invoke(app, ["sweep", "run", "s.yaml"]))
     assert "name" in line
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "s.yaml"]
 
@@ -160,7 +154,7 @@ def test_yaml_aliases_are_refused_before_anything_expands(tmp_path):
     f.write_text(BILLION_LAUGHS)
     with pytest.raises(UserError, match="aliases"):
         load_spec(f)
-    line = _one_line_error(runner.invoke(app, ["sweep", "run", str(f), "--out", str(tmp_path / "o")]))
+    line = one_line_error(runner.invoke(app, ["sweep", "run", str(f), "--out", str(tmp_path / "o")]))
     assert "line 4" in line and "aliases" in line
     assert not (tmp_path / "o").exists()
 
@@ -179,7 +173,7 @@ def test_custom_stages_need_an_explicit_opt_in(tmp_path):
     assert parse_spec({"stages": "poisonclip"}).stages == "poisonclip"
     f = tmp_path / "exit.yaml"
     f.write_text("stages: 'sys:exit'\ngrid:\n  seed: [0]\n")
-    line = _one_line_error(runner.invoke(app, ["sweep", "run", str(f), "--out", str(tmp_path / "o")]))
+    line = one_line_error(runner.invoke(app, ["sweep", "run", str(f), "--out", str(tmp_path / "o")]))
     assert "sys:exit" in line and "--allow-custom-stages" in line
     assert not (tmp_path / "o").exists()
 
@@ -202,3 +196,18 @@ def test_cluster_section_is_plain_data(tmp_path):
             parse_spec({"cluster": cluster})
     trusted = parse_spec({"cluster": {"slurm_setup": ["module load cuda"]}}, allow_custom_stages=True)
     assert trusted.cluster["slurm_setup"] == ["module load cuda"]
+
+
+def test_a_folder_of_other_files_is_not_made_a_sweep_folder(tmp_path):
+    """A sweep adds its files to its folder: an existing folder that holds other files and no
+    sweep spec is refused before anything is written, and keeps exactly what it held."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="not a sweep folder"):
+        run_sweep(spec("a"), out, LocalRunner(FakeStages()))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_sweep(spec("a"), empty, LocalRunner(FakeStages()))   # an empty folder is fine
+    assert (empty / "spec.yaml").is_file()

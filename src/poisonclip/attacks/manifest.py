@@ -44,6 +44,8 @@ class ManifestRow:
     sha256: str                 # sha256 of the image bytes written
     location: str               # "poison_images/<key>.png" or the shard name holding it
     resolution: int | None = None  # triggered poisons: the square side the image was written at
+    trigger: str = ""              # triggered poisons: the registered trigger's name
+    trigger_params: str = ""       # its parameters (blend_alpha, trigger_seed, ...) as a JSON object; "" if none
 
 
 COLUMNS: tuple[str, ...] = MANIFEST_COLUMNS

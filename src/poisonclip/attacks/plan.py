@@ -46,6 +46,7 @@ class PoisonItem:
     #                                this many pixels (the training input size), patch in those pixels
     placement: str = ""
     trigger: str = ""
+    trigger_params: tuple[tuple[str, Any], ...] = ()  # (setting, value) the trigger function takes
     noise_sigma: float = 0.0
 
 

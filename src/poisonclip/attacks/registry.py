@@ -13,9 +13,11 @@ What each kind registers, and who finds it here:
   what the evaluator measures for a poison folder of this attack, and the results-table
   columns that come of it). The sweep stages, ``poisonclip poison`` and the evaluator look
   attacks up here only.
-* a trigger (``register_trigger``): ``paste(image, where) -> image``, the patch drawn at a
-  ``triggers.TriggerSpec``; ``stamp_trigger`` sizes and places it the one way the writer and
-  the evaluator share. The evaluator reaches triggers through this module only.
+* a trigger (``register_trigger``): ``paste(image, where, **params) -> image``, the patch drawn
+  at a ``triggers.TriggerSpec`` (or, for a whole-image trigger, the whole image changed), with
+  the backdoor settings its ``TriggerTraits`` name as keyword arguments; ``stamp_trigger``
+  sizes and places it the one way the writer and the evaluator share. The evaluator reaches
+  triggers through this module only.
 * a caption set (``register_caption_set``): ``build(label, dataset=, plurals=, fmt=, report=)
   -> CaptionSet``; any registered name is a valid ``caption_source``.
 """
@@ -152,26 +154,76 @@ def register_attack(name: str, *, config: type, evaluation: Any,
     return add
 
 
-def register_trigger(name: str) -> Callable[[Any], Any]:
+# Where a whole-image trigger "goes": everywhere. The placement poison.json records for it.
+WHOLE_IMAGE = "whole-image"
+
+
+@dataclass(frozen=True)
+class TriggerTraits:
+    """What the pipeline must know about a trigger beyond its function.
+
+    ``whole_image``: it changes the whole image (a blend, a warp), so it has no patch size and
+    no placement. ``params``: the names of the backdoor settings (``BackdoorConfig`` fields,
+    ``poison.json`` "backdoor" fields) its function takes as keyword arguments; the writer and
+    the evaluator pass exactly these, so train and test time call it the same way.
+    """
+
+    whole_image: bool = False
+    params: tuple[str, ...] = ()
+
+
+_TRIGGER_TRAITS: dict[str, TriggerTraits] = {}
+
+
+def register_trigger(name: str, *, whole_image: bool = False,
+                     params: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """``@register_trigger("name")`` on ``paste(image, where, **params) -> image``."""
+    _TRIGGER_TRAITS[name] = TriggerTraits(whole_image, tuple(params))
     return TRIGGERS.register(name)
+
+
+def unused_trigger_settings(name: str) -> set[str]:
+    """Settings some registered trigger takes but ``name`` does not: they cannot change its
+    poisons (a sweep leaves them out of the poisoned set's content key)."""
+    TRIGGERS.get(name)
+    every = {p for n in TRIGGERS.names() for p in _TRIGGER_TRAITS.get(n, TriggerTraits()).params}
+    return every - set(trigger_traits(name).params)
+
+
+def trigger_traits(name: str) -> TriggerTraits:
+    """The registered trigger's traits (a patch trigger without parameters unless it said more)."""
+    TRIGGERS.get(name)
+    return _TRIGGER_TRAITS.get(name, TriggerTraits())
 
 
 def register_caption_set(name: str) -> Callable[[Any], Any]:
     return CAPTION_SETS.register(name)
 
 
-def stamp_trigger(name: str, image: Any, patch_size: int, placement: str, rng: Any) -> tuple[Any, Any]:
+def stamp_trigger(name: str, image: Any, patch_size: int | None, placement: str, rng: Any,
+                  params: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     """``image`` with the registered trigger ``name`` on it, and where it went (a ``TriggerSpec``).
 
     The patch side is ``patch_size`` at 224 pixels scaled to the image's shorter side, placed
     by ``placement`` ("corner", "random" with ``rng``): the one geometry the poisons are
-    written in and the evaluator tests in. Raises ValueError when the patch does not fit.
+    written in and the evaluator tests in. A whole-image trigger ignores both and covers the
+    image (its spec: the shorter side at 0, 0). ``params`` may hold more settings than the
+    trigger takes; it receives those its traits name. Raises ValueError when the patch does
+    not fit or a parameter is out of range.
     """
     from poisonclip.attacks import triggers
 
-    side = triggers.patch_pixels(patch_size, min(image.size))
-    where = triggers.place(image.size, side, placement, rng)
-    return TRIGGERS.get(name)(image, where), where
+    fn = TRIGGERS.get(name)
+    traits = trigger_traits(name)
+    if traits.whole_image:
+        where = triggers.TriggerSpec(min(image.size), 0, 0)
+    else:
+        if patch_size is None:
+            raise ValueError(f"trigger {name!r} is a patch and needs a patch size")
+        side = triggers.patch_pixels(patch_size, min(image.size))
+        where = triggers.place(image.size, side, placement, rng)
+    kwargs = {k: params[k] for k in traits.params if params is not None and k in params and params[k] is not None}
+    return fn(image, where, **kwargs), where
 
 
 def placements() -> tuple[str, ...]:
@@ -210,12 +262,26 @@ def _load_builtins() -> None:
 
 def _register_triggers() -> None:
     # triggers.py is the one trigger implementation (shared with evaluation); it stays free
-    # of registry imports, so its entry is added here.
+    # of registry imports, so its entries are added here.
     from poisonclip.attacks import triggers
 
-    TRIGGERS.register("checkerboard", triggers.apply,
-                      "Checkerboard patch of one-pixel black/white cells (Gu et al. 2017), "
-                      "size given at 224px; corner or random placement.")
+    builtins = (
+        ("checkerboard", triggers.apply, TriggerTraits(),
+         "Checkerboard patch of one-pixel black/white cells (Gu et al. 2017), "
+         "size given at 224px; corner or random placement."),
+        ("noise-patch", triggers.apply_noise_patch, TriggerTraits(False, ("trigger_seed",)),
+         "Patch of uniform random noise fixed by trigger_seed, size given at 224px; "
+         "corner or random placement."),
+        ("blended", triggers.blend, TriggerTraits(True, ("blend_alpha", "trigger_seed", "blend_pattern")),
+         "Whole image blended with a fixed pattern at blend_alpha: seeded noise or an image "
+         "file (Chen et al. 2017); no placement."),
+        ("warp", triggers.warp, TriggerTraits(True, ("warp_grid", "warp_strength", "trigger_seed")),
+         "Whole image warped by a smooth seeded displacement field, control grid warp_grid, "
+         "strength warp_strength (WaNet, Nguyen & Tran 2021); no placement."),
+    )
+    for name, fn, traits, text in builtins:
+        TRIGGERS.register(name, fn, text)
+        _TRIGGER_TRAITS[name] = traits
 
 
 _register_triggers()

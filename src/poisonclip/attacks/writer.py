@@ -20,6 +20,7 @@ The folder appears atomically: any error leaves nothing behind.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,14 +83,15 @@ def render(item: PoisonItem, seed: int, attempt: int = 0) -> tuple[bytes, trigge
     rendering order does not matter.
     """
     img = decode_image(item.source_image)
-    if item.patch_size:
+    triggered = bool(item.patch_size or item.trigger)   # a whole-image trigger has no patch size
+    if triggered:
         img = triggers.to_input_geometry(img, item.resolution or triggers.REFERENCE_RESOLUTION)
     if item.noise_sigma > 0:
         img = add_noise(img, item.noise_sigma, rng_for(seed, "noise", item.index, attempt))
     spec = None
-    if item.patch_size:
+    if triggered:
         img, spec = stamp_trigger(item.trigger or "checkerboard", img, item.patch_size, item.placement,
-                                  rng_for(seed, "placement", item.index))
+                                  rng_for(seed, "placement", item.index), dict(item.trigger_params))
     return encode_image(img, "png"), spec
 
 
@@ -112,7 +114,9 @@ def render_all(plan: Plan) -> list[tuple[Sample, ManifestRow]]:
             trigger_size=spec.size if spec else None, trigger_x=spec.x if spec else None,
             trigger_y=spec.y if spec else None, patch_size=item.patch_size, placement=item.placement,
             noise_sigma=float(item.noise_sigma), seed=plan.seed, sha256=digest, location="",
-            resolution=(item.resolution or triggers.REFERENCE_RESOLUTION) if spec else None)
+            resolution=(item.resolution or triggers.REFERENCE_RESOLUTION) if spec else None,
+            trigger=item.trigger if spec else "",
+            trigger_params=json.dumps(dict(item.trigger_params), sort_keys=True) if item.trigger_params else "")
         out.append((Sample(key=item.key, image=data, caption=item.caption, meta={}, ext="png"), row))
     return out
 

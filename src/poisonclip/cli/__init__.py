@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from poisonclip.cli import data as _data
 from poisonclip.cli import demo as _demo
+from poisonclip.cli import detect as _detect
 from poisonclip.cli import evaluate as _evaluate
 from poisonclip.cli import poison as _poison
 from poisonclip.cli import report as _report
@@ -17,7 +18,7 @@ from poisonclip.cli.common import App
 
 app = App(help="Poisoning and backdooring contrastive image-text models (Carlini & Terzis, ICLR 2022).")
 
-for _module in (_data, _poison, _train, _evaluate, _demo, _sweep, _report):
+for _module in (_data, _poison, _train, _evaluate, _detect, _demo, _sweep, _report):
     _module.register(app)
 
 

@@ -11,9 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from poisonclip.cli.common import App, console, safe_text
-from poisonclip.errors import UserError
 
-_FLAGS = {"seeds": "--seeds", "epochs": "--epochs", "n_train": "--n"}
+_FLAGS = {"n_train": "--n"}   # the others are the setting's own name as a flag
 # Each of a trial's stages, as the demo tells it (an artefact already built is reused at once).
 _STAGES = {"corpus": "corpus", "poison": "poisoned dataset", "train": "poisoned model",
            "train-clean": "clean model of this seed (one for every attack)",
@@ -29,16 +28,13 @@ def demo(
     quiet: Annotated[bool, typer.Option(help="No live progress bars (the sweep's and each training's).")] = False,
 ) -> None:
     """Generate the corpus, poison it two ways, train clean and poisoned models, measure, report."""
-    from poisonclip.demo import SettingError, demo_spec, run_demo
+    from poisonclip.demo import demo_spec, run_demo
     from poisonclip.experiments.progress import SweepProgress
     from poisonclip.experiments.runner import Event, count_done
     from poisonclip.report.tables import column_name, format_cell, is_percent
     from poisonclip.train.progress import RichReporter
 
-    try:
-        spec = demo_spec(quick, seeds, epochs, n)
-    except SettingError as e:
-        raise UserError(f"{_FLAGS[e.setting]} must be at least {e.minimum}, got {e.value}") from None
+    spec = demo_spec(quick, seeds, epochs, n)   # a SettingError is printed with the flag (register's flags)
     out = out or Path("runs") / spec.name
     n_trials, n_done = count_done(spec, out)
     console.print(f"demo [bold]{spec.name}[/]: {n_trials} trials ({seeds} seed(s) x {len(spec.grids)} attacks), "
@@ -83,4 +79,4 @@ def demo(
 
 
 def register(root: App) -> None:
-    root.command(name="demo")(demo)
+    root.command(name="demo", flags=_FLAGS)(demo)

@@ -34,6 +34,7 @@ class Kind(str, Enum):
     attacks = "attacks"
     triggers = "triggers"
     captions = "captions"
+    detectors = "detectors"
 
 
 def _sep(value: Optional[str]) -> Optional[str]:
@@ -112,8 +113,19 @@ def backdoor(
                                                  "to the model's input size (paper: 16; ablation 1..32).")] = 16,
     placement: Annotated[Placement, typer.Option(help="corner: upper-left on every image (paper); "
                                                       "random: a random place per image.")] = Placement.corner,
-    trigger: Annotated[str, typer.Option(help="Registered trigger pasted as the patch "
-                                              "(`poisonclip list triggers`).")] = "checkerboard",
+    trigger: Annotated[str, typer.Option(help="Registered trigger (`poisonclip list triggers`): checkerboard, "
+                                              "noise-patch (patches: --patch-size, --placement), blended, warp "
+                                              "(whole image: no placement).")] = "checkerboard",
+    trigger_seed: Annotated[int, typer.Option(
+        help="noise-patch, blended, warp: seed of the trigger's fixed noise pattern or warp field.")] = 0,
+    blend_alpha: Annotated[float, typer.Option(
+        help="blended: the pattern's weight a in (1-a)*image + a*pattern (Chen et al. 2017: 0.2).")] = 0.2,
+    blend_pattern: Annotated[Optional[Path], typer.Option(
+        help="blended: an image file as the pattern (resized to the model input); default seeded noise.")] = None,
+    warp_grid: Annotated[int, typer.Option(
+        help="warp: side k of the random control grid upsampled to the displacement field (WaNet: 4).")] = 4,
+    warp_strength: Annotated[float, typer.Option(
+        help="warp: strength s of the displacement field (WaNet: 0.5).")] = 0.5,
     resolution: Annotated[Optional[int], typer.Option(
         help="Input size of the model to be trained: poisons are written as the source's centre square "
              "at this size, so training sees the patch pixel for pixel. Default 224 (or --model's).")] = None,
@@ -145,7 +157,10 @@ def backdoor(
 
     cfg = BackdoorConfig(
         data=data, out=str(out), target_label=label, n_poisons=n_poisons, patch_size=patch_size,
-        placement=placement, resolution=_resolution(resolution, model), trigger=trigger, seed=seed,
+        placement=placement, resolution=_resolution(resolution, model), trigger=trigger,
+        trigger_seed=trigger_seed, blend_alpha=blend_alpha,
+        blend_pattern=str(blend_pattern) if blend_pattern else None, warp_grid=warp_grid,
+        warp_strength=warp_strength, seed=seed,
         plurals=not no_plurals,
         caption_file=str(caption_file) if caption_file else None,
         classnames=str(classnames) if classnames else None, no_classnames=no_classnames,
@@ -287,12 +302,20 @@ def list_command(
     kind: Annotated[Optional[Kind], typer.Argument(help="What to list (default: everything).")] = None,
     pattern: Annotated[str, typer.Option(help="Only names matching this glob pattern.")] = "*",
 ) -> None:
-    """List registered attacks, triggers and caption-set builders."""
+    """List registered attacks, triggers, caption-set builders and detectors (`poisonclip detect`)."""
+    import fnmatch
+
     from poisonclip.attacks.registry import list_registered
+    from poisonclip.detect.registry import detectors
 
     t = Table("kind", "name", "description")
-    for e in list_registered(kind.value if kind else None, pattern):
-        t.add_row(e.kind, e.name, e.description)
+    if kind is not Kind.detectors:
+        for e in list_registered(kind.value if kind else None, pattern):
+            t.add_row(e.kind, e.name, e.description)
+    if kind in (None, Kind.detectors):
+        for name, d in detectors().items():
+            if fnmatch.fnmatchcase(name, pattern):
+                t.add_row("detector", name, d.summary)
     console.print(t)
 
 

@@ -10,6 +10,7 @@ tested where the poisons had it (``train_placement``), at random positions, and 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from poisonclip.attacks.registry import TRIGGERS, placements, stamp_trigger, trigger_side
+from poisonclip.attacks.registry import WHOLE_IMAGE, placements, stamp_trigger, trigger_side, trigger_traits
 from poisonclip.contracts import BackdoorRecord, PoisonInfo
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
@@ -46,11 +47,34 @@ def read_spec(poison: PoisonInfo) -> BackdoorRecord:
     spec = poison.backdoor
     if spec is None:
         raise malformed(poison, "missing field 'backdoor'")
-    if spec.placement not in placements():
-        raise malformed(poison, f"field 'backdoor.placement' must be one of {', '.join(placements())}, "
-                                f"not {spec.placement!r}")
-    TRIGGERS.get(spec.trigger)
+    whole = trigger_traits(spec.trigger).whole_image
+    allowed = (WHOLE_IMAGE,) if whole else placements()
+    if spec.placement not in allowed:
+        raise malformed(poison, f"field 'backdoor.placement' must be {' or '.join(allowed)} for the "
+                                f"{spec.trigger} trigger, not {spec.placement!r}")
+    if not whole and spec.patch_size is None:
+        raise malformed(poison, f"field 'backdoor.patch_size' is missing; the {spec.trigger} trigger is a patch")
+    _check_pattern(poison, spec)
     return spec
+
+
+def _check_pattern(poison: PoisonInfo, spec: BackdoorRecord) -> None:
+    """A blended trigger's pattern file must still be the one the poisons were blended with."""
+    if spec.blend_pattern is None or "blend_pattern" not in trigger_traits(spec.trigger).params:
+        return
+    try:
+        data = Path(spec.blend_pattern).read_bytes()
+    except OSError as e:
+        raise UserError(f"{poison.path}: the blend pattern {spec.blend_pattern} cannot be read ({e.strerror}); "
+                        "restore it or poison again") from None
+    if spec.blend_pattern_sha256 and hashlib.sha256(data).hexdigest() != spec.blend_pattern_sha256:
+        raise UserError(f"{poison.path}: the blend pattern {spec.blend_pattern} changed since poisoning "
+                        "(sha256 differs); restore it or poison again")
+
+
+def trigger_params(spec: BackdoorRecord) -> dict[str, Any]:
+    """The recorded parameters the trigger's function takes (as the writer passed them)."""
+    return {k: getattr(spec, k) for k in trigger_traits(spec.trigger).params if getattr(spec, k, None) is not None}
 
 
 def prepare(poison: PoisonInfo, eval_set: LabelledSet, path: Path) -> _Prepared:
@@ -67,11 +91,14 @@ def trigger_fn(spec: BackdoorRecord, placement: str, rng: np.random.Generator,
     scaled from 224 to the input size, positions in input pixels (random ones drawn afresh
     from ``rng``) and recorded in ``positions`` as (x, y, side)."""
 
+    params = trigger_params(spec)
+
     def fn(im: Image.Image, i: int) -> Image.Image:
         try:
-            out, where = stamp_trigger(spec.trigger, im, spec.patch_size, placement, rng)
+            out, where = stamp_trigger(spec.trigger, im, spec.patch_size, placement, rng, params)
         except ValueError as e:
-            raise UserError(f"poison.json: backdoor patch_size {spec.patch_size}: {e}") from None
+            raise UserError(f"poison.json: backdoor trigger {spec.trigger} (patch_size {spec.patch_size}, "
+                            f"{params}): {e}") from None
         positions.append((where.x, where.y, where.size))
         return out
     return fn
@@ -93,9 +120,10 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
         raise UserError(f"model {lm.name}: {e}") from None
     res: dict[str, Any] = {
         "target_label": spec.target_label, "target_index": target, "patch_size_224": spec.patch_size,
-        "train_placement": spec.placement, "trigger": spec.trigger,
+        "train_placement": spec.placement, "trigger": spec.trigger, "trigger_params": trigger_params(spec),
         # Where the patch goes: on the model-input image (after resize and centre crop).
-        "input_size": size, "patch_pixels": trigger_side(spec.patch_size, size),
+        "input_size": size,
+        "patch_pixels": None if spec.patch_size is None else trigger_side(spec.patch_size, size),
         "poison_resolution": spec.resolution,
         # Non-target images the clean-image classifier already sends to the target: the floor
         # an ASR should be read against.
@@ -110,8 +138,10 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
         res["target_rate_without_trigger"]["probe"] = _probe_asr(probe.scores(ctx.clean_emb[probe_idx]),
                                                                  labels[probe_idx], target)
     stream = {"train_placement": _STREAM_TRAIN_RANDOM_TRIGGER, "random": _STREAM_RANDOM_TRIGGER, "corner": 0}
-    tests = [("train_placement", spec.placement), ("random", "random")]
-    if spec.placement != "corner":
+    # A whole-image trigger has no placement to vary: it is tested as trained only.
+    tests = [("train_placement", spec.placement)] if spec.placement == WHOLE_IMAGE else \
+        [("train_placement", spec.placement), ("random", "random")]
+    if spec.placement not in ("corner", WHOLE_IMAGE):
         # Poisons placed randomly are still tested with the paper's consistent (corner) patch.
         tests.append(("corner", "corner"))
     for name, placement in tests:

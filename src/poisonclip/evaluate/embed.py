@@ -209,3 +209,20 @@ def _batched(items: Iterable[Image.Image], n: int) -> Iterator[list[Image.Image]
             batch = []
     if batch:
         yield batch
+
+
+def embed_texts(loaded: LoadedModel, texts: Iterable[str], batch_size: int = 256) -> np.ndarray:
+    """(n, dim) float32 L2-normalised text embeddings of ``texts``, tokenised by the model's
+    own tokenizer (truncated to its context length), in batches of ``batch_size``."""
+    import torch
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in _batched(texts, batch_size):   # type: ignore[arg-type]
+            tokens = loaded.tokenizer(list(batch)).to(loaded.device)
+            out.append(loaded.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+    if not out:
+        return np.zeros((0, int(getattr(loaded.model, "embed_dim", 0) or 0)), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)

@@ -41,7 +41,7 @@ from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR
                                           SPEC_FILE, START_FILE, SWEEP_LOCK_FILE, TRIALS_DIR, TRIALS_FILE,
                                           ResultsStore, State, SweepDir, read_json, read_result, trial_state)
 from poisonclip.experiments.trials import Trial, expand
-from poisonclip.io_utils import atomic_write_json, atomic_write_text
+from poisonclip.io_utils import atomic_write_json, atomic_write_text, check_place
 
 
 @dataclass(frozen=True)
@@ -296,8 +296,13 @@ def sweep_lock(out: str | os.PathLike) -> Iterator[Path]:
     results table. The lock is an flock, dropped by the kernel when its holder dies. A new
     folder that ends up with nothing but the lock (a refused start) is removed again.
     """
-    root = Path(out).resolve()
+    root = check_place(out).resolve()
     created = not root.exists()
+    if not created and root.is_dir() and not (root / SPEC_FILE).exists() \
+            and any(p.name != SWEEP_LOCK_FILE for p in root.iterdir()):
+        # a sweep adds its files to its folder: never into a folder of someone else's files
+        raise UserError(f"{root}: exists, holds other files and is not a sweep folder (no {SPEC_FILE}); "
+                        "choose a new or empty folder")
     root.mkdir(parents=True, exist_ok=True)
     lock = root / SWEEP_LOCK_FILE
     made_lock = not lock.exists()

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from poisonclip.attacks.plan import jsonable
+from poisonclip.attacks.registry import unused_trigger_settings
 from poisonclip.contracts import (CLASSNAMES_FILE, POISON_INFO_FILE, PROBE_TABLE, TEST_TABLE, TRAIN_TABLE,
-                                  CorpusPaths, write_external_corpus)
+                                  CorpusPaths, read_poison_info, write_external_corpus)
 from poisonclip.errors import SettingError, UserError
 
 # A training run's event handler (``train.run.EventHandler``: Launched, StepLog, ... events), which
@@ -214,7 +215,13 @@ class PoisonclipStages:
         if fixed:
             raise UserError(f"sweep spec: poison: {fixed} are set by the sweep for each trial; remove them")
         cfg = _attack_config(attack, config, data="-", out="-")
-        return {"attack": attack.name, **{k: v for k, v in jsonable(cfg).items() if k not in _POISON_FIXED}}
+        resolved = {"attack": attack.name, **{k: v for k, v in jsonable(cfg).items() if k not in _POISON_FIXED}}
+        if isinstance(resolved.get("trigger"), str):
+            # Another trigger's parameters cannot change these poisons: left out of the content
+            # key, so a checkerboard sweep's poisons keep the key they had before they existed.
+            for k in unused_trigger_settings(resolved["trigger"]):
+                resolved.pop(k, None)
+        return resolved
 
     def _resolve_train(self, config: dict[str, Any]) -> dict[str, Any]:
         from poisonclip.train.presets import DEFAULT_PRESET
@@ -277,8 +284,13 @@ class PoisonclipStages:
         with _as_spec_keys("poison"):
             res = poison(cfg)
         total = res.n_clean + res.n_poisons
-        return {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
-                "poison_ratio": res.n_poisons / total if total else None}
+        info: dict[str, Any] = {"n_poisons": res.n_poisons, "n_clean": res.n_clean, "num_samples": res.num_samples,
+                                "poison_ratio": res.n_poisons / total if total else None}
+        bd = read_poison_info(res.out).backdoor
+        if bd is not None:   # the trigger as written, into the results table (data.trigger.*)
+            info["trigger"] = {"name": bd.trigger, "placement": bd.placement, "patch_size": bd.patch_size,
+                               **{k: getattr(bd, k) for k in bd.TRIGGER_PARAMS if getattr(bd, k) is not None}}
+        return info
 
     def train(self, config: Mapping[str, Any], data: Path, out: Path,
               on_event: TrainEvents | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
+from poisonclip.attacks.registry import WHOLE_IMAGE, trigger_traits
 from poisonclip.contracts import METRICS_FILE, read_metrics, read_similarities
 from poisonclip.errors import UserError
 from poisonclip.experiments.spec import SEED_AXIS
@@ -332,6 +333,8 @@ def _attack_sections(sweep: SweepDir, trials: Sequence[Trial], df: Any, spec: Ma
     attacks = list(dict.fromkeys(get_path(t.config, attack_col) for t in done))
     backdoors = [t for t in done if get_path(t.config, attack_col) == "backdoor"]
     placement = str(get_path(backdoors[0].config, "poison.placement", "corner")) if backdoors else "corner"
+    if backdoors and trigger_traits(str(get_path(backdoors[0].config, "poison.trigger", "checkerboard"))).whole_image:
+        placement = WHOLE_IMAGE   # a blend or a warp has no placement (and no random-place test)
     summary = A.attack_summary(df, attack_col, attacks, placement)
     summary = {"config": dict(spec), "n_trials": len(trials), "n_done": len(done), **summary}
 
