@@ -689,9 +689,14 @@ class Metrics:
     * ``backdoor`` (poison with a trigger): ``target_label``, ``asr.<placement>.<head>`` rates,
       ``zscore.<placement>`` (``z``, ``mean_triggered``, ...), ``target_rate_without_trigger``;
       placements ``train_placement``, ``random`` and (for random-placed poisons) ``corner``;
+      ``examples`` (absent in older files): a few test images (index, key, label, trigger_xy,
+      trigger_side) with their zero-shot prediction ``clean`` and ``triggered`` (predicted,
+      target_rank, probability, target_probability), whose model-input pixels are in
+      ``similarities.npz`` (``example_inputs``, ``example_triggered_inputs``);
     * ``targeted`` (poison with targets): ``targets`` (one row per target: id, label,
-      source_sha256, source_key, and per head success/rank/predicted) and ``summary.<head>``
-      (``success`` rate, ``mean_rank``);
+      source_sha256, source_key, and per head success/rank/predicted; zero-shot also the
+      softmax ``probability`` of the prediction and ``label_probability`` of the target label,
+      absent in older files) and ``summary.<head>`` (``success`` rate, ``mean_rank``);
     * ``data``, ``config``, ``templates``, ``versions``: what was measured on, and how.
     Sections of other attacks go to ``sections``, as written."""
 

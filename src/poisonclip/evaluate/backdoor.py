@@ -27,13 +27,19 @@ from poisonclip.evaluate.columns import rate_columns
 from poisonclip.evaluate.aggregate import rate_summary, rates, value_summary
 from poisonclip.evaluate.embed import embed_images, input_size
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index, malformed
-from poisonclip.evaluate.zeroshot import zeroshot_scores
+from poisonclip.evaluate.zeroshot import logit_scale, probabilities, zeroshot_scores
 
 # Random streams of the evaluation seed (the probe split draws from stream 2, evaluate.api).
 _STREAM_RANDOM_TRIGGER = 1
 _STREAM_TRAIN_RANDOM_TRIGGER = 3
 # Names of the test placements in metrics.json, and where each puts the patch.
 TESTS = ("train_placement", "random", "corner")
+# A few test images as the model received them, with and without the trigger as trained, for
+# a person to look at (the report's "test image with and without the trigger"): the first
+# image of each of the first N_EXAMPLES classes other than the target, in eval order.
+N_EXAMPLES = 4
+EXAMPLE_INPUTS = "example_inputs"                 # similarities.npz: (k, H, W, 3) uint8, no trigger
+EXAMPLE_TRIGGERED = "example_triggered_inputs"    # ... the same images with the trigger
 
 
 @dataclass(frozen=True)
@@ -144,13 +150,23 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
     if spec.placement not in ("corner", WHOLE_IMAGE):
         # Poisons placed randomly are still tested with the paper's consistent (corner) patch.
         tests.append(("corner", "corner"))
+    chosen = example_indices(labels, target)
     for name, placement in tests:
         rng = ctx.rng(stream[name])
         positions: list[tuple[int, int, int]] = []
         ctx.say(f"embedding triggered images ({name}: {placement})")
-        trig = embed_images(lm, ctx.decoded(), ctx.batch_size, trigger=trigger_fn(spec, placement, rng, positions))
-        asr = {"placement": placement,
-               "zeroshot": M.backdoor_asr(zeroshot_scores(trig, ctx.weights), labels, target).to_dict()}
+        fn = trigger_fn(spec, placement, rng, positions)
+        seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if name == "train_placement":
+            fn = _capturing(fn, set(chosen), seen)
+        trig = embed_images(lm, ctx.decoded(), ctx.batch_size, trigger=fn)
+        trig_scores = zeroshot_scores(trig, ctx.weights)
+        asr = {"placement": placement, "zeroshot": M.backdoor_asr(trig_scores, labels, target).to_dict()}
+        if name == "train_placement" and chosen:
+            res["examples"] = _examples(ctx, target, chosen, trig_scores, positions)
+            if len(seen) == len(chosen):
+                ctx.arrays[EXAMPLE_INPUTS] = np.stack([seen[i][0] for i in chosen])
+                ctx.arrays[EXAMPLE_TRIGGERED] = np.stack([seen[i][1] for i in chosen])
         if probe is not None:
             asr["probe"] = _probe_asr(probe.scores(trig[probe_idx]), labels[probe_idx], target)
         res["asr"][name] = asr
@@ -162,6 +178,62 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
             res["zscore"][name] = {"placement": placement, "z": None, "note": str(e)}
         ctx.arrays[f"trigger_{name}_xys"] = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
     return {"backdoor": res}
+
+
+def example_indices(labels: np.ndarray, target: int, n: int = N_EXAMPLES) -> list[int]:
+    """The first image of each of the first ``n`` classes other than ``target``, in eval order:
+    a fixed choice, not the ones the attack works best on."""
+    out, classes = [], set()
+    for i, y in enumerate(np.asarray(labels).tolist()):
+        if y != target and y not in classes:
+            out.append(i)
+            classes.add(y)
+            if len(out) == n:
+                break
+    return out
+
+
+def _capturing(fn: Callable[[Image.Image, int], Image.Image], want: set[int],
+               seen: dict[int, tuple[np.ndarray, np.ndarray]]) -> Callable[[Image.Image, int], Image.Image]:
+    """``fn`` that also keeps, for the images in ``want``, the model-input image before and
+    after the trigger (RGB uint8): exactly what the model received."""
+    def g(im: Image.Image, i: int) -> Image.Image:
+        before = np.array(im.convert("RGB")) if i in want else None
+        out = fn(im, i)
+        if before is not None:
+            after = np.array(out.convert("RGB"))
+            if before.shape == after.shape:
+                seen[i] = (before, after)
+        return out
+    return g
+
+
+def _prediction(scores: np.ndarray, target: int, classnames: Sequence[str], scale: float | None) -> dict[str, Any]:
+    """One image's zero-shot prediction: the class, the rank of the backdoor's target label
+    and, with the model's logit scale, the softmax probability of both."""
+    pred = int(np.argmax(scores))
+    out: dict[str, Any] = {"predicted": classnames[pred],
+                           "target_rank": int(M.label_rank(scores[None, :], np.asarray([target]))[0])}
+    if scale is not None:
+        p = probabilities(scores, scale)
+        out.update(probability=float(p[pred]), target_probability=float(p[target]))
+    return out
+
+
+def _examples(ctx: EvalContext, target: int, chosen: Sequence[int], trig_scores: np.ndarray,
+              positions: Sequence[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """The example images' keys, labels, trigger positions and zero-shot predictions without
+    and with the trigger (their pixels go to similarities.npz)."""
+    scale = logit_scale(getattr(ctx.model, "model", None))
+    names = ctx.classnames
+    rows = []
+    for i in chosen:
+        x, y, side = positions[i] if i < len(positions) else (None, None, None)
+        rows.append({"index": int(i), "key": ctx.images.samples[i].key, "label": names[int(ctx.labels[i])],
+                     "trigger_xy": None if x is None else [int(x), int(y)], "trigger_side": side,
+                     "zeroshot": {"clean": _prediction(ctx.zeroshot_clean[i], target, names, scale),
+                                  "triggered": _prediction(trig_scores[i], target, names, scale)}})
+    return rows
 
 
 def columns(m: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from poisonclip.evaluate.aggregate import at, rate_summary, rates
 from poisonclip.evaluate.embed import embed_images
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, HeldOut, class_index, malformed
 from poisonclip.evaluate.stats import Rate
-from poisonclip.evaluate.zeroshot import zeroshot_scores
+from poisonclip.evaluate.zeroshot import logit_scale, probabilities, zeroshot_scores
 from poisonclip.io_utils import sha256_file
 
 
@@ -78,10 +78,15 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
                                          "source_key": t.source_key or None}
                                         for t, y in zip(targets, ys)]
     summary: dict[str, Any] = {}
+    scale = logit_scale(getattr(ctx.model, "model", None))
     for head, scores in heads.items():
         results = M.targeted_success(scores, ys)
-        for row, r in zip(per_target, results):
+        # zero-shot: CLIP's softmax probability of its prediction and of the target label
+        probs = probabilities(scores, scale) if head == "zeroshot" and scale is not None else None
+        for i, (row, r) in enumerate(zip(per_target, results)):
             row[head] = {"success": r.success, "rank": r.rank, "predicted": classnames[r.predicted]}
+            if probs is not None:
+                row[head].update(probability=float(probs[i, r.predicted]), label_probability=float(probs[i, ys[i]]))
         summary[head] = {"success": Rate(sum(r.success for r in results), len(results)).to_dict(),
                          "mean_rank": float(np.mean([r.rank for r in results]))}
     return {"targeted": {"targets": per_target, "summary": summary}}

@@ -75,3 +75,24 @@ def zeroshot_scores(image_emb: np.ndarray, weights: np.ndarray) -> np.ndarray:
     e = np.asarray(image_emb, dtype=np.float32)
     e = e / np.linalg.norm(e, axis=1, keepdims=True)
     return e @ np.asarray(weights, dtype=np.float32).T
+
+
+def logit_scale(model: Any) -> float | None:
+    """The temperature CLIP learnt (``exp(model.logit_scale)``), which turns cosines into the
+    softmax probabilities its zero-shot classifier reports; None for a model without one."""
+    scale = getattr(model, "logit_scale", None)
+    if scale is None:
+        return None
+    try:
+        return float(np.exp(float(np.asarray(scale.detach().cpu() if hasattr(scale, "detach") else scale).ravel()[0])))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def probabilities(scores: np.ndarray, scale: float) -> np.ndarray:
+    """Softmax over classes of ``scale`` x the cosine scores, row by row (CLIP's zero-shot
+    probabilities)."""
+    z = np.asarray(scores, dtype=np.float64) * scale
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
