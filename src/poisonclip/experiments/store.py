@@ -79,6 +79,14 @@ class SweepDir:
         """``<key>.json``: present once the artefact is complete; names its folder."""
         return self.root / CACHE_DIR / kind / f"{key}.json"
 
+    def artefact(self, kind: str, key: str | None) -> Path | None:
+        """The complete folder of a shared artefact (corpus, poison, model), None if not built."""
+        if not key:
+            return None
+        info = read_json(self.cache_marker(kind, key))
+        folder = self.cache_marker(kind, key).parent / str(info.get("folder", "")) if info else None
+        return folder if folder is not None and folder.is_dir() else None
+
     @property
     def db(self) -> Path:
         return self.root / DB_FILE

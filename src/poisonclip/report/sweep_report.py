@@ -38,6 +38,8 @@ from poisonclip.experiments.spec import SEED_AXIS
 from poisonclip.experiments.store import EVAL_DIRS, SPEC_FILE, ResultsStore, SweepDir
 from poisonclip.experiments.trials import Trial
 from poisonclip.io_utils import atomic_write_json, atomic_write_text
+from poisonclip.report import attack_views as V
+from poisonclip.report import goals as G
 from poisonclip.report import tables as A
 from poisonclip.report import figures as F
 from poisonclip.report.html import Image, Section, Table, Text, write_html
@@ -230,14 +232,14 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                                                    "the seeds of the poisoned ones.", collect=False)
 
     if by_attack:
-        attack_sections, result.summary = _attack_sections(sweep, trials, df, spec, axes["attack"], acc_fig)
+        lead, tail, result.summary = _attack_sections(sweep, trials, df, spec, axes["attack"], acc_fig)
         summary_json = out / SUMMARY_JSON
         atomic_write_json(summary_json, result.summary)
         result.tables[SUMMARY_JSON] = summary_json
-        sections.insert(1, attack_sections[0])            # the table first, then the figures
+        sections[1:1] = lead            # the goals, the table and the attack seen, then the figures
         if figures_section is not None:
             sections.append(figures_section)
-        sections.extend(attack_sections[1:])
+        sections.extend(tail)
     else:
         if figures_section is not None:
             sections.append(figures_section)
@@ -320,9 +322,11 @@ def _figure3(sweep: SweepDir, df: Any, poisons: str, add_figure: Any) -> None:
 # --- clean vs each attack (report.table: attacks; the demo's page) ---------------------------
 
 def _attack_sections(sweep: SweepDir, trials: Sequence[Trial], df: Any, spec: Mapping[str, Any],
-                     attack_col: str, acc_fig: Image | None) -> tuple[list[Section], dict[str, Any]]:
-    """The clean-vs-attack table with the clean-accuracy tests, each target of targeted
-    poisoning, and what ran; and the table as data (summary.json)."""
+                     attack_col: str, acc_fig: Image | None
+                     ) -> tuple[list[Section], list[Section], dict[str, Any]]:
+    """(sections before the figures: which goals each seed met, the clean-vs-attack table with
+    the clean-accuracy tests, the attacks as a person sees them; sections after: each target
+    of targeted poisoning, what ran) and the table as data (summary.json, with the goals)."""
     from poisonclip.experiments.spec import get_path
 
     done = [t for t in trials if t.name in set(df["trial"])]
@@ -357,7 +361,11 @@ def _attack_sections(sweep: SweepDir, trials: Sequence[Trial], df: Any, spec: Ma
               caption="Does poisoning cost clean accuracy? (zero-shot top-1)")]
     if acc_fig is not None:
         table_blocks.append(acc_fig)
-    sections = [Section("Clean vs poisoned", table_blocks)]
+    goal_results = G.judge(df, attack_col, attacks)
+    summary["goals"] = [g.to_dict() for g in goal_results]
+    lead = [_goals_section(goal_results), Section("Clean vs poisoned", table_blocks),
+            *V.sections(sweep, done, {t.name: get_path(t.config, attack_col) for t in done})]
+    sections: list[Section] = []
 
     targets = _target_rows(sweep, [t for t in done if get_path(t.config, attack_col) == "targeted"])
     if targets:
@@ -369,7 +377,19 @@ def _attack_sections(sweep: SweepDir, trials: Sequence[Trial], df: Any, spec: Ma
         Table(["training", "wall time (all seeds)"], timing),
         Text(f"Configuration (the sweep spec; also in {SUMMARY_JSON}):\n\n" + json.dumps(dict(spec), indent=1)),
     ]))
-    return sections, summary
+    return lead, sections, summary
+
+
+def _goals_section(results: Sequence[G.GoalResult]) -> Section:
+    """Which goals each seed met: one plain sentence per seed, and the table behind them."""
+    seeds = list(dict.fromkeys(s for r in results for s in r.per_seed))
+    mark = {True: "met", False: "NOT met", None: "not measured"}
+    rows = [[r.goal, *(f"{mark[r.per_seed[s][0]]}: {r.per_seed[s][1]}" if s in r.per_seed else "—" for s in seeds),
+             r.spread, f"{r.verdict.upper() if r.met is False else r.verdict} ({r.how})"] for r in results]
+    return Section("Goals met?", [
+        *(Text(line) for line in G.statements(results)),
+        Table(["goal", *(G.seed_label(s) for s in seeds), "over seeds: mean ± std (each seed)", "verdict"], rows,
+              caption="The demo's goals, seed by seed (zero-shot; rates over the held-out labelled test split)")])
 
 
 def _attack_intro(done: Sequence[Trial], df: Any, attacks: Sequence[str], attack_col: str) -> str:
