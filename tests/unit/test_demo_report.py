@@ -161,8 +161,11 @@ def test_the_page_shows_the_poisons_the_trigger_and_the_targets_as_recorded(demo
         stamped, cap_trig = figures[f"test image {key} with the trigger"]
         assert np.array_equal(plain, _enlarged(arrays[EXAMPLE_INPUTS][j]))
         assert np.array_equal(stamped, _enlarged(arrays[EXAMPLE_TRIGGERED][j]))
-        assert "Backdoored model: star (91%)" in cap_trig and "Clean model: star" not in cap_trig
-        assert "Clean model: " in cap_plain and "(60%); 'star': rank 7, 3%" in cap_plain
+        assert "backdoored: star (91%)" in cap_trig and "Clean model: star" not in cap_trig
+        assert "no trigger. Clean model: " in cap_plain and "backdoored: star" not in cap_plain
+    table = html.unescape(page[page.index("What the two models of seed 0 predicted"):])
+    assert "circle (60%); 'star': rank 7, 3%</td><td class=\"s\">circle (60%); 'star': rank 7, 3%</td>" \
+           "<td class=\"s\">circle (60%); 'star': rank 7, 3%</td><td class=\"s\">star (91%)</td>" in table
     # every target of every seed: its saved image, its poisons' captions, both models' verdicts
     for seed in (0, 1):
         folder, info = polders[("targeted", seed)]

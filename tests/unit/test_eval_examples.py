@@ -99,3 +99,23 @@ def test_examples_are_the_pixels_the_model_received_with_the_trained_trigger_and
 def test_no_example_when_every_image_has_the_target_label():
     assert backdoor.example_indices(np.asarray([2, 2, 2]), 2) == []
     assert backdoor.example_indices(np.asarray([0, 0, 1, 2, 3, 1]), 0, n=2) == [2, 3]
+
+
+def test_targets_get_the_probability_of_the_prediction_and_of_their_label(tmp_path):
+    from poisonclip.contracts import TargetRecord
+    from poisonclip.evaluate import targeted
+
+    ctx, model = _context()
+    prepared = []
+    for i, label in enumerate(("blue", "red")):
+        path = tmp_path / f"t{i}.png"
+        path.write_bytes(ctx.images.samples[i].image)
+        prepared.append((TargetRecord(f"t{i}", label, path.name), path))
+    rows = targeted.measure(ctx, targeted._Prepared(tuple(prepared), None))["targeted"]["targets"]
+    emb = embed_images(ctx.model, (s.decode() for s in ctx.images.samples[:2]))
+    p = probabilities(zeroshot_scores(emb, ctx.weights), 50.0)
+    for i, (row, y) in enumerate(zip(rows, (2, 0))):
+        zs = row["zeroshot"]
+        assert zs["predicted"] == ctx.classnames[int(p[i].argmax())]
+        assert zs["probability"] == pytest.approx(p[i].max()) and zs["label_probability"] == pytest.approx(p[i, y])
+        assert zs["success"] == (int(p[i].argmax()) == y)

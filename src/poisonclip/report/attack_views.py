@@ -124,13 +124,16 @@ def backdoor_poisons(sweep: SweepDir, trial: Trial, n: int = N_POISONS_SHOWN) ->
     return [intro, *blocks]
 
 
-def _pred(p: Mapping[str, Any] | None, target: str) -> str:
-    """A recorded zero-shot prediction as text: the class, its probability, the target's rank."""
+def _pred(p: Mapping[str, Any] | None, target: str, short: bool = False) -> str:
+    """A recorded zero-shot prediction as text: the class, its probability and (unless
+    ``short``) the target label's rank and probability when it is not the prediction."""
     if not p:
         return "—"
     text = str(p.get("predicted", "?"))
     if p.get("probability") is not None:
         text += f" ({100 * p['probability']:.0f}%)"
+    if short:
+        return text
     rank = p.get("target_rank", p.get("rank"))
     prob = p.get("target_probability", p.get("label_probability"))
     if str(p.get("predicted")) != target:
@@ -166,13 +169,12 @@ def trigger_example(sweep: SweepDir, trial: Trial) -> list[Any]:
         mine = e.get("zeroshot", {})
         theirs = (clean_by_key.get(e.get("key")) or {}).get("zeroshot", {})
         blocks.append(Image(plain, alt=f"test image {e.get('key')}",
-                            caption=f"{e.get('key')} (a '{e.get('label')}'), no trigger. Clean model: "
-                                    f"{_pred(theirs.get('clean'), target)}. Backdoored model: "
-                                    f"{_pred(mine.get('clean'), target)}."))
+                            caption=f"{e.get('key')} ('{e.get('label')}'), no trigger. Clean model: "
+                                    f"{_pred(theirs.get('clean'), target, True)}; backdoored: "
+                                    f"{_pred(mine.get('clean'), target, True)}."))
         blocks.append(Image(stamped, alt=f"test image {e.get('key')} with the trigger",
-                            caption=f"{e.get('key')} with the trigger. Clean model: "
-                                    f"{_pred(theirs.get('triggered'), target)}. Backdoored model: "
-                                    f"{_pred(mine.get('triggered'), target)}."))
+                            caption=f"With the trigger. Clean model: {_pred(theirs.get('triggered'), target, True)}; "
+                                    f"backdoored: {_pred(mine.get('triggered'), target, True)}."))
         rows.append([e.get("key"), e.get("label"), _pred(theirs.get("clean"), target),
                      _pred(theirs.get("triggered"), target), _pred(mine.get("clean"), target),
                      _pred(mine.get("triggered"), target)])
@@ -210,8 +212,7 @@ def targets(sweep: SweepDir, trial: Trial, n_captions: int = N_CAPTIONS_SHOWN) -
         except (OSError, CorruptSample):
             continue
         caps = captions.get(t.id, [])
-        shown = " / ".join(f"“{c}”" for c in caps[:n_captions]) + (f" (and {len(caps) - n_captions} more)"
-                                                                       if len(caps) > n_captions else "")
+        shown = " / ".join(f"“{c}”" for c in caps[:n_captions])
         verdicts = []
         for who, name in (("clean", "Clean model"), ("poisoned", "Poisoned model")):
             zs = (seen[who].get(t.id) or {}).get("zeroshot")
@@ -220,11 +221,11 @@ def targets(sweep: SweepDir, trial: Trial, n_captions: int = N_CAPTIONS_SHOWN) -
                 continue
             p = {**zs, "target_rank": zs.get("rank"), "target_probability": zs.get("label_probability")}
             verdicts.append(f"{name}: {_pred(p, t.label)} — {'HIT' if zs.get('success') else 'not hit'}")
-        true = f"a '{t.true_label}'" if t.true_label else "a test image"
+        true = f"a test image of '{t.true_label}'" if t.true_label else "a test image"
+        count = "its poison captions" if len(caps) <= n_captions else f"{len(caps)} poison captions, e.g."
         blocks.append(Image(png, alt=f"target {t.id}, seed {seed}",
-                            caption=f"Seed {seed}, target {t.id}: {true} poisoned toward '{t.label}' with "
-                                    f"{t.n_poisons or len(caps)} captions, e.g. {shown or '—'}. "
-                                    + ". ".join(verdicts) + "."))
+                            caption=f"Seed {seed}, target {t.id}: {true}, poisoned toward '{t.label}'; "
+                                    f"{count} {shown or '—'}. " + ". ".join(verdicts) + "."))
     return blocks
 
 
