@@ -201,6 +201,9 @@ def test_the_command_prints_the_table_and_the_accuracy_tests(tmp_path, stub_stag
                   "report:", "total time"):
         assert piece in text, piece
     assert text.count("83.3%") >= 3   # clean zero-shot top-1 of each model (the stubs score 50/60)
+    # which goals were met, goal by goal and seed by seed: the stubs score 83.3% clean accuracy
+    assert "goal met: clean zero-shot top-1 of the clean models ≥ 80.0% [seed 0: met (83.3%)]" in text
+    assert "goal NOT MET: targeted poisoning: ≥ 4 distinct targets per seed" in text
     assert json.loads((out / "summary.json").read_text())["config"]["corpus"]["n_train"] == 400
     again = CliRunner().invoke(app, ["demo", "--quick", "--n", "400", "--epochs", "1", "--out", str(out), "--quiet"])
     assert again.exit_code == 0 and "2 already done" in " ".join(again.output.split())

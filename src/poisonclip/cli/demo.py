@@ -68,6 +68,11 @@ def demo(
         pairs = f"{t['n_pairs']} pairs" if t.get("paired") else f"{t.get('n_poisoned')} vs {t.get('n_clean')} models"
         console.print(f"clean accuracy, {kind} vs clean: {100 * t['diff']:+.1f} points "
                       f"({t['test']}, {pairs}, p={'n/a' if p is None else f'{p:.3g}'}): {verdict}")
+    for g in summary.get("goals", []):   # which of the demo's goals each seed met
+        seeds = "; ".join(f"seed {s}: {'met' if v['met'] else 'NOT met' if v['met'] is False else 'not measured'} "
+                          f"({v['values']})" for s, v in g.get("per_seed", {}).items())
+        console.print(escape(f"goal {g['verdict'].upper() if g['met'] is False else g['verdict']}: {g['goal']} "
+                             f"[{seeds}]"))
     console.print(f"report: [bold]{escape(safe_text(res.report))}[/]")
     console.print(f"total time: {res.wall_s / 60:.1f} min")
     for o in res.failed:
