@@ -199,7 +199,25 @@ def test_the_page_says_which_goals_each_seed_met_as_the_numbers_say(demo_page):
     assert "Seed 0: met 5 of 5 goals." in text
     seed1 = re.search(r"Seed 1: met 1 of 5 goals; NOT met: ([^<]*)", text).group(1)
     assert "clean zero-shot top-1 of the clean models ≥ 80.0% (75.0%)" in seed1 and "ASR" not in seed1
-    assert "backdoored -5.0 pts" in seed1 or "backdoored −5.0 pts" in seed1
+    assert "backdoored -5.0 pts" in seed1
+    assert "2 seed(s) measured: the goals are stated over 3 seeds" in text
+
+
+def test_an_evaluation_from_before_the_examples_gets_a_note_not_a_broken_page(demo_page):
+    from poisonclip.contracts import read_metrics, read_similarities
+    from poisonclip.report.sweep_report import build_report
+
+    out, _, _ = demo_page
+    for folder in (out / "trials").glob("*backdoor*/*eval"):
+        arrays = read_similarities(folder)
+        write_similarities(folder, {k: v for k, v in arrays.items() if not k.startswith("example")})
+        m = read_metrics(folder).to_json()
+        m["backdoor"].pop("examples")
+        write_metrics(folder, Metrics.from_json(m))
+    page = build_report(out, out).html.read_text(encoding="utf-8")
+    assert "kept no example images" in html.unescape(page) and "trials/attack=backdoor__seed=0/" in page
+    assert not any(alt.startswith("test image") for alt in _figures(page))
+    assert sum(alt.startswith("backdoor poison") for alt in _figures(page)) == 6
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:

@@ -157,8 +157,9 @@ def trigger_example(sweep: SweepDir, trial: Trial) -> list[Any]:
     seed = trial.params.get(SEED_AXIS, "—")
     if not examples or EXAMPLE_INPUTS not in arrays or EXAMPLE_TRIGGERED not in arrays:
         return [Text(f"Seed {seed}: the evaluation of this backdoored model kept no example images (it predates "
-                     "them); evaluate again (`poisonclip eval`, or rerun the sweep after removing the trial's "
-                     "eval folders) to see a test image with and without the trigger.", note=True)]
+                     f"them). To see a test image with and without the trigger, remove the trial's folder "
+                     f"(trials/{trial.name}/) and run the sweep or the demo again: the trained models stay in "
+                     "cache/, only the evaluations run again.", note=True)]
     clean_by_key = {e.get("key"): e for e in ((clean.backdoor or {}).get("examples") or [])} if clean else {}
     blocks: list[Any] = []
     rows = []

@@ -31,6 +31,7 @@ class Goals:
     z: float = 3.0                  # backdoored models' z-score, at least, every seed
     clean_z: float = 0.5            # clean models' z-score with the same trigger, below
     min_targets: int = 4            # distinct targets per seed
+    seeds: int = 3                  # the goals are stated over this many seeds
 
 
 @dataclass
@@ -198,8 +199,9 @@ def seed_label(seed: Any) -> str:
     return "all models" if seed is None else f"seed {seed}"
 
 
-def statements(results: Sequence[GoalResult]) -> list[str]:
-    """One plain sentence per seed, then one for all seeds."""
+def statements(results: Sequence[GoalResult], goals: Goals = Goals()) -> list[str]:
+    """One plain sentence per seed, then one for all seeds (and one when fewer seeds ran than
+    the goals are stated over)."""
     seeds = list(dict.fromkeys(s for r in results for s in r.per_seed))
     lines = []
     for s in seeds:
@@ -219,4 +221,8 @@ def statements(results: Sequence[GoalResult]) -> list[str]:
         lines.append("Over all seeds: " + (f"NOT met: {'; '.join(missed)}" if missed else "no goal is missed")
                      + (f"; not measured: {'; '.join(r.goal for r in results if r.met is None)}"
                         if any(r.met is None for r in results) else "") + ".")
+    measured = [s for s in seeds if s is not None]
+    if len(measured) < goals.seeds:
+        lines.append(f"{len(measured) or 'No'} seed(s) measured: the goals are stated over {goals.seeds} seeds, "
+                     f"so a goal met here is met on these seeds only.")
     return lines
