@@ -240,3 +240,20 @@ def test_goals_follow_the_thresholds_and_a_missing_measurement_is_not_a_pass():
     lines = G.statements(list(res.values()))
     assert lines[0] == "Seed 0: met 4 of 4 goals."
     assert "not measured: backdoor z-score" in lines[2] and lines[-1].startswith("Over all seeds: NOT met")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "shards"])
+def test_a_poison_is_read_where_the_manifest_says_it_was_written(tmp_path, fmt):
+    from poisonclip.attacks.api import BackdoorConfig, poison
+    from poisonclip.contracts import read_poison_info
+    from poisonclip.io_utils import sha256_bytes
+    from poisonclip.report.attack_views import poison_bytes
+    from tests.attack_fixtures import make_tiny
+
+    tiny = make_tiny(tmp_path / "d", n=40, shard_size=10)
+    res = poison(BackdoorConfig(data=str(tiny.csv if fmt == "csv" else tiny.shards), out=str(tmp_path / "o"),
+                                target_label="star", n_poisons=3, patch_size=32, classnames=str(tiny.classnames)))
+    info = read_poison_info(res.out)
+    rows = read_manifest(Path(res.out) / "manifest.csv")
+    assert len(rows) == 3 and (fmt == "csv") == all(r.location.startswith("poison_images/") for r in rows)
+    assert [sha256_bytes(poison_bytes(info, r)) for r in rows] == [r.sha256 for r in rows]

@@ -73,16 +73,25 @@ def _manifest(info: PoisonInfo) -> list[ManifestRow]:
         return []
 
 
-def _poison_image(info: PoisonInfo, row: ManifestRow) -> PILImage.Image | None:
-    """A poison's image where the manifest says it was written: a file, or a shard."""
+def poison_bytes(info: PoisonInfo, row: ManifestRow) -> bytes | None:
+    """A poison's image bytes where the manifest says they were written: a file of the
+    poisoned folder, or a member of one of its shards (None if gone)."""
     assert info.folder is not None
     where = info.folder / row.location
     try:
         if where.is_file() and where.suffix.lower() != ".tar":
-            return decode_image(read_image_file(where))
+            return read_image_file(where)
         sample = find_sample(where, row.key) if where.exists() else None
-        return sample.decode() if sample is not None else None
+        return sample.image if sample is not None else None
     except (OSError, CorruptSample, UserError):
+        return None
+
+
+def _poison_image(info: PoisonInfo, row: ManifestRow) -> PILImage.Image | None:
+    data = poison_bytes(info, row)
+    try:
+        return decode_image(data) if data is not None else None
+    except CorruptSample:
         return None
 
 
