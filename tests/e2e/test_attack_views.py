@@ -68,8 +68,9 @@ def test_a_tiny_two_attack_sweep_shows_what_the_evaluator_recorded(tmp_path):
         assert plain.shape == stamped.shape == (metrics.backdoor["input_size"],) * 2 + (3,)
         assert np.array_equal(stamped[:side, :side], triggers.checkerboard(side))
         f = 128 // plain.shape[0]
-        for alt, pixels in ((f"test image {e['key']}", plain), (f"test image {e['key']} with the trigger", stamped)):
-            assert np.array_equal(figures[alt], np.repeat(np.repeat(pixels, f, axis=0), f, axis=1))
+        pair = figures[f"test image {e['key']} without and with the trigger"]
+        for shown, pixels in ((pair[:, :f * plain.shape[1]], plain), (pair[:, -f * plain.shape[1]:], stamped)):
+            assert np.array_equal(shown, np.repeat(np.repeat(pixels, f, axis=0), f, axis=1))
         for who in ("clean", "triggered"):
             p = e["zeroshot"][who]
             assert p["predicted"] in names and 0 < p["probability"] <= 1 and p["target_rank"] >= 1

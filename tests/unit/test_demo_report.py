@@ -25,6 +25,7 @@ from poisonclip.demo import run_demo
 from poisonclip.evaluate.backdoor import EXAMPLE_INPUTS, EXAMPLE_TRIGGERED
 from poisonclip.evaluate.stats import Rate
 from poisonclip.report import goals as G
+from poisonclip.report.attack_views import GAP
 from tests.unit.test_demo_stats import _small_demo
 
 N = 60   # test images per rate
@@ -157,12 +158,13 @@ def test_the_page_shows_the_poisons_the_trigger_and_the_targets_as_recorded(demo
     # the test images as the model received them (the evaluator's pixels), with both models' predictions
     _, arrays = _examples(0, True)
     for j, key in enumerate(EX_KEYS):
-        plain, cap_plain = figures[f"test image {key}"]
-        stamped, cap_trig = figures[f"test image {key} with the trigger"]
-        assert np.array_equal(plain, _enlarged(arrays[EXAMPLE_INPUTS][j]))
-        assert np.array_equal(stamped, _enlarged(arrays[EXAMPLE_TRIGGERED][j]))
-        assert "backdoored: star (91%)" in cap_trig and "Clean model: star" not in cap_trig
-        assert "no trigger. Clean model: " in cap_plain and "backdoored: star" not in cap_plain
+        pair, caption = figures[f"test image {key} without and with the trigger"]
+        assert np.array_equal(pair[:, :128], _enlarged(arrays[EXAMPLE_INPUTS][j]))
+        assert np.array_equal(pair[:, 128 + GAP:], _enlarged(arrays[EXAMPLE_TRIGGERED][j]))
+        assert (pair[:, 128:128 + GAP] == 255).all()
+        label = ("circle", "square")[j]
+        assert (f"Clean model: {label} (60%) | {label} (60%). Backdoored model: {label} (60%) | star (91%)."
+                in caption)
     table = html.unescape(page[page.index("What the two models of seed 0 predicted"):])
     assert "circle (60%); 'star': rank 7, 3%</td><td class=\"s\">circle (60%); 'star': rank 7, 3%</td>" \
            "<td class=\"s\">circle (60%); 'star': rank 7, 3%</td><td class=\"s\">star (91%)</td>" in table

@@ -35,6 +35,7 @@ from poisonclip.report.html import Image, Section, Table, Text
 N_POISONS_SHOWN = 6
 N_CAPTIONS_SHOWN = 3
 SHOWN_SIDE = 128        # thumbnails are enlarged to about this many pixels a side
+GAP = 8                 # white pixels between an image without and with the trigger
 
 
 def enlarged_png(image: PILImage.Image | np.ndarray, side: int = SHOWN_SIDE) -> tuple[bytes, int]:
@@ -47,6 +48,21 @@ def enlarged_png(image: PILImage.Image | np.ndarray, side: int = SHOWN_SIDE) -> 
         im = im.resize((im.width * factor, im.height * factor), PILImage.Resampling.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
+    return buf.getvalue(), factor
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, side: int = SHOWN_SIDE, gap: int = GAP
+                 ) -> tuple[bytes, int]:
+    """One PNG of two images of one size, each enlarged as ``enlarged_png`` does, ``gap``
+    white pixels apart; and the factor."""
+    a, factor = enlarged_png(left, side)
+    b, _ = enlarged_png(right, side)
+    ia, ib = (PILImage.open(io.BytesIO(x)).convert("RGB") for x in (a, b))
+    canvas = PILImage.new("RGB", (ia.width + gap + ib.width, max(ia.height, ib.height)), "white")
+    canvas.paste(ia, (0, 0))
+    canvas.paste(ib, (ia.width + gap, 0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
     return buf.getvalue(), factor
 
 
@@ -174,17 +190,15 @@ def trigger_example(sweep: SweepDir, trial: Trial) -> list[Any]:
     rows = []
     size = arrays[EXAMPLE_INPUTS].shape[1:3]
     for j, e in enumerate(examples[: len(arrays[EXAMPLE_INPUTS])]):
-        plain, _ = enlarged_png(arrays[EXAMPLE_INPUTS][j])
-        stamped, factor = enlarged_png(arrays[EXAMPLE_TRIGGERED][j])
+        pair, factor = side_by_side(arrays[EXAMPLE_INPUTS][j], arrays[EXAMPLE_TRIGGERED][j])
         mine = e.get("zeroshot", {})
         theirs = (clean_by_key.get(e.get("key")) or {}).get("zeroshot", {})
-        blocks.append(Image(plain, alt=f"test image {e.get('key')}",
-                            caption=f"{e.get('key')} ('{e.get('label')}'), no trigger. Clean model: "
-                                    f"{_pred(theirs.get('clean'), target, True)}; backdoored: "
-                                    f"{_pred(mine.get('clean'), target, True)}."))
-        blocks.append(Image(stamped, alt=f"test image {e.get('key')} with the trigger",
-                            caption=f"With the trigger. Clean model: {_pred(theirs.get('triggered'), target, True)}; "
-                                    f"backdoored: {_pred(mine.get('triggered'), target, True)}."))
+        blocks.append(Image(pair, alt=f"test image {e.get('key')} without and with the trigger",
+                            caption=f"{e.get('key')} ('{e.get('label')}'), left without, right with the trigger. "
+                                    f"Clean model: {_pred(theirs.get('clean'), target, True)} | "
+                                    f"{_pred(theirs.get('triggered'), target, True)}. Backdoored model: "
+                                    f"{_pred(mine.get('clean'), target, True)} | "
+                                    f"{_pred(mine.get('triggered'), target, True)}."))
         rows.append([e.get("key"), e.get("label"), _pred(theirs.get("clean"), target),
                      _pred(theirs.get("triggered"), target), _pred(mine.get("clean"), target),
                      _pred(mine.get("triggered"), target)])
