@@ -259,3 +259,14 @@ def test_a_poison_is_read_where_the_manifest_says_it_was_written(tmp_path, fmt):
     rows = read_manifest(Path(res.out) / "manifest.csv")
     assert len(rows) == 3 and (fmt == "csv") == all(r.location.startswith("poison_images/") for r in rows)
     assert [sha256_bytes(poison_bytes(info, r)) for r in rows] == [r.sha256 for r in rows]
+
+
+def test_a_prediction_recorded_before_probabilities_reads_without_them():
+    from poisonclip.report.attack_views import prediction_text
+
+    old = {"success": False, "rank": 4, "predicted": "mushroom"}          # a target row of an older metrics.json
+    assert prediction_text({**old, "target_rank": old["rank"]}, "heart") == "mushroom; 'heart': rank 4"
+    new = {**old, "target_rank": 4, "probability": 0.7, "target_probability": 0.05}
+    assert prediction_text(new, "heart") == "mushroom (70%); 'heart': rank 4, 5%" and prediction_text(new, "heart", True) == "mushroom (70%)"
+    assert prediction_text({"predicted": "heart", "probability": 0.6, "target_rank": 1}, "heart") == "heart (60%)"
+    assert prediction_text(None, "heart") == "—"

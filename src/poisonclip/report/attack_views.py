@@ -149,7 +149,7 @@ def backdoor_poisons(sweep: SweepDir, trial: Trial, n: int = N_POISONS_SHOWN) ->
     return [intro, *blocks]
 
 
-def _pred(p: Mapping[str, Any] | None, target: str, short: bool = False) -> str:
+def prediction_text(p: Mapping[str, Any] | None, target: str, short: bool = False) -> str:
     """A recorded zero-shot prediction as text: the class, its probability and (unless
     ``short``) the target label's rank and probability when it is not the prediction."""
     if not p:
@@ -195,13 +195,13 @@ def trigger_example(sweep: SweepDir, trial: Trial) -> list[Any]:
         theirs = (clean_by_key.get(e.get("key")) or {}).get("zeroshot", {})
         blocks.append(Image(pair, alt=f"test image {e.get('key')} without and with the trigger",
                             caption=f"{e.get('key')} ('{e.get('label')}'), left without, right with the trigger. "
-                                    f"Clean model: {_pred(theirs.get('clean'), target, True)} | "
-                                    f"{_pred(theirs.get('triggered'), target, True)}. Backdoored model: "
-                                    f"{_pred(mine.get('clean'), target, True)} | "
-                                    f"{_pred(mine.get('triggered'), target, True)}."))
-        rows.append([e.get("key"), e.get("label"), _pred(theirs.get("clean"), target),
-                     _pred(theirs.get("triggered"), target), _pred(mine.get("clean"), target),
-                     _pred(mine.get("triggered"), target)])
+                                    f"Clean model: {prediction_text(theirs.get('clean'), target, True)} | "
+                                    f"{prediction_text(theirs.get('triggered'), target, True)}. Backdoored model: "
+                                    f"{prediction_text(mine.get('clean'), target, True)} | "
+                                    f"{prediction_text(mine.get('triggered'), target, True)}."))
+        rows.append([e.get("key"), e.get("label"), prediction_text(theirs.get("clean"), target),
+                     prediction_text(theirs.get("triggered"), target), prediction_text(mine.get("clean"), target),
+                     prediction_text(mine.get("triggered"), target)])
     intro = Text(f"Seed {seed}: test images exactly as the model receives them ({size[1]}x{size[0]} px after its "
                  f"resize and centre crop, shown enlarged {factor}x without smoothing), without and with the "
                  f"trigger where training put it, stamped by the evaluator's own trigger function. The first "
@@ -244,7 +244,7 @@ def targets(sweep: SweepDir, trial: Trial, n_captions: int = N_CAPTIONS_SHOWN) -
                 verdicts.append(f"{name}: not evaluated")
                 continue
             p = {**zs, "target_rank": zs.get("rank"), "target_probability": zs.get("label_probability")}
-            verdicts.append(f"{name}: {_pred(p, t.label)} — {'HIT' if zs.get('success') else 'not hit'}")
+            verdicts.append(f"{name}: {prediction_text(p, t.label)} — {'HIT' if zs.get('success') else 'not hit'}")
         true = f"a test image of '{t.true_label}'" if t.true_label else "a test image"
         count = "its poison captions" if len(caps) <= n_captions else f"{len(caps)} poison captions, e.g."
         blocks.append(Image(png, alt=f"target {t.id}, seed {seed}",
