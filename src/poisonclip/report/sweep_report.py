@@ -14,9 +14,12 @@ Which spec field plays which role is in ``AXES``; a spec can override it under
 ``report: {axes: {poisons: poison.n, ...}}``.
 
 This is the one report builder: the demo is a sweep spec too, whose ``report: {table:
-attacks}`` leads its page with the clean-vs-attack table (rows: metrics; columns: the clean
-model and each attack's poisoned model, over seeds), the clean-accuracy tests, and each
-target of targeted poisoning, and also writes that table as ``summary.json``. The tables
+attacks}`` leads its page with which of the demo's goals each seed met
+(``poisonclip.report.goals``), the clean-vs-attack table (rows: metrics; columns: the clean
+model and each attack's poisoned model, over seeds), the clean-accuracy tests, and the attacks
+as a person sees them (``poisonclip.report.attack_views``: poisons, targets, a test image
+with and without the trigger), then each target of targeted poisoning as a table, and also
+writes that table (with the goals) as ``summary.json``. The tables
 come from ``poisonclip.report.tables``, their numbers from ``poisonclip.evaluate.aggregate``.
 """
 
