@@ -1,0 +1,129 @@
+"""`poisonclip defend` without a model: the filter on a small targeted set (table and shards),
+the cut a drop fraction makes, CleanCLIP's augmentations and the settings' checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from poisonclip import contracts as C
+from poisonclip.attacks.api import TargetedConfig, TargetSpec, poison
+from poisonclip.attacks.manifest import read_manifest
+from poisonclip.defend.cleanclip import CleanClipConfig, augment_caption, augment_image, defend_cleanclip
+from poisonclip.defend.filter import FilterConfig, defend_filter, flag
+from poisonclip.errors import SettingError, UserError
+from poisonclip.train.dataset import resolve
+from tests.attack_fixtures import make_tiny
+
+N_CLEAN, COPIES = 80, 6
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("defend")
+    tiny = make_tiny(root / "clean", n=N_CLEAN)
+    specs = []
+    for j, label in enumerate(("moon", "star")):
+        t = root / f"target{j}.png"
+        Image.fromarray(np.random.default_rng(50 + j).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(t)
+        specs.append(TargetSpec(str(t), label, COPIES))
+    return {kind: Path(poison(TargetedConfig(data=str(src), out=str(root / kind), targets=tuple(specs))).out)
+            for kind, src in (("table", tiny.csv), ("shards", tiny.shards))}
+
+
+def test_a_threshold_flags_every_score_at_least_it():
+    flagged, cut = flag(np.array([0.0, 2.0, 1.0, 2.0]), 1.0, None)
+    assert flagged.tolist() == [False, True, True, True] and cut == 1.0
+
+
+def test_a_drop_fraction_drops_at_most_that_share_and_keeps_ties_at_the_cut():
+    scores = np.array([5.0, 0.0, 5.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert flag(scores, None, 0.2)[0].tolist() == [True, False, True] + [False] * 7        # the top 2
+    assert flag(scores, None, 0.3)[0].sum() == 3
+    # 5 of 10 would cut into the tied zeros: only the 3 above them go, never a zero
+    flagged, cut = flag(scores, None, 0.5)
+    assert flagged.sum() == 3 and cut == 0.0
+    assert not flag(scores, None, 0.0)[0].any()
+
+
+@pytest.mark.parametrize("kind", ["table", "shards"])
+def test_filter_removes_the_flagged_samples_and_keeps_the_rest_as_a_poisoned_folder(sets, tmp_path, kind):
+    res = defend_filter(FilterConfig(data=sets[kind], out=tmp_path / "d", method="phash",
+                                     drop_fraction=(2 * COPIES + 0.5) / (N_CLEAN + 2 * COPIES)))
+    r = res.info.removed
+    assert res.info.stage == "done" and r["n_poisons"] == 2 * COPIES
+    assert r["poisons_removed"] == 2 * COPIES and r["clean_removed"] == 0 and r["n_kept"] == N_CLEAN
+    data = res.out / C.DEFENSE_DATA_DIR
+    info = C.read_poison_info(data)
+    assert info.dataset_type == ("csv" if kind == "table" else "webdataset")
+    assert info.n_poisons == 0 and info.n_clean == N_CLEAN and read_manifest(data) == []
+    assert [t.id for t in info.targets] == [t.id for t in C.read_poison_info(sets[kind]).targets]
+    assert all(info.target_image(t).is_file() for t in info.targets)   # the evaluator finds the targets
+    assert resolve(data).num_samples == N_CLEAN                          # and the trainer the kept data
+
+
+def test_a_threshold_keeps_some_poisons_and_their_manifest_rows(sets, tmp_path):
+    res = defend_filter(FilterConfig(data=sets["table"], out=tmp_path / "d", method="phash", threshold=1e9))
+    assert res.info.removed["n_removed"] == 0
+    kept = read_manifest(res.out / C.DEFENSE_DATA_DIR)
+    assert [r.key for r in kept] == [r.key for r in read_manifest(sets["table"])]
+
+
+def test_filter_settings_are_checked_before_anything_is_written(sets, tmp_path):
+    out = tmp_path / "d"
+    for kw, setting in (({}, "threshold"), ({"threshold": 1.0, "drop_fraction": 0.1}, "threshold"),
+                        ({"drop_fraction": 1.0}, "drop_fraction"), ({"threshold": float("nan")}, "threshold"),
+                        ({"threshold": 1.0, "train": {"epochz": 1}}, "train"),
+                        ({"threshold": 1.0, "before": sets["table"]}, None)):
+        with pytest.raises(UserError) as e:
+            defend_filter(FilterConfig(data=sets["table"], out=out, method="phash", **kw))
+        assert setting is None or (isinstance(e.value, SettingError) and e.value.setting == setting)
+    with pytest.raises(UserError, match="flags all"):
+        defend_filter(FilterConfig(data=sets["table"], out=out, method="phash", threshold=0.0))
+    assert not out.exists()
+
+
+def test_overwrite_replaces_only_an_earlier_defense(sets, tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already exists"):
+        defend_filter(FilterConfig(data=sets["table"], out=out, method="phash", threshold=1.0))
+    with pytest.raises(UserError, match="not a defense"):
+        defend_filter(FilterConfig(data=sets["table"], out=out, method="phash", threshold=1.0, overwrite=True))
+    assert (out / "mine.txt").read_text() == "keep me"
+    other = tmp_path / "e"
+    defend_filter(FilterConfig(data=sets["table"], out=other, method="phash", threshold=1.0))
+    res = defend_filter(FilterConfig(data=sets["table"], out=other, method="exact-bytes", threshold=1.0,
+                                     overwrite=True))
+    assert C.read_defense_info(other).params["method"] == "exact-bytes" == res.info.params["method"]
+
+
+def test_augmentations_are_drawn_from_the_generator_only():
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    a = augment_image(im, np.random.default_rng(7))
+    assert a.size == im.size and a.tobytes() == augment_image(im, np.random.default_rng(7)).tobytes()
+    assert a.tobytes() != im.tobytes()
+    text = "a big red star on a plain background"
+    views = {augment_caption(text, np.random.default_rng(s)) for s in range(20)}
+    assert len(views) > 1 and augment_caption(text, np.random.default_rng(3)) == augment_caption(
+        text, np.random.default_rng(3))
+    assert all(set(v.split()) <= set(text.split()) and v for v in views)
+    swapped = augment_caption(text, np.random.default_rng(1), word_drop=0.0)    # no deletion: a permutation
+    assert sorted(swapped.split()) == sorted(text.split()) and swapped != text
+    assert augment_caption("star", np.random.default_rng(0), word_drop=0.99) == "star"
+
+
+def test_cleanclip_settings_are_checked_before_anything_is_read(sets, tmp_path):
+    for kw, setting in (({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"lambda_clip": 0.0, "lambda_ss": 0.0},
+                        "lambda_clip"), ({"crop_scale": 0.0}, "crop_scale"), ({"word_drop": 1.0}, "word_drop"),
+                        ({"subset": 0}, "subset")):
+        with pytest.raises(SettingError) as e:
+            defend_cleanclip(CleanClipConfig(run=tmp_path, data=sets["table"], out=tmp_path / "c", **kw))
+        assert e.value.setting == setting
+    with pytest.raises(UserError, match="run.json"):
+        defend_cleanclip(CleanClipConfig(run=tmp_path / "nowhere", data=sets["table"], out=tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
