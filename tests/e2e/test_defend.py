@@ -25,6 +25,7 @@ from poisonclip.data.synthetic import SynthConfig
 from poisonclip.defend.cleanclip import CleanClipConfig, defend_cleanclip
 from poisonclip.defend.filter import FilterConfig, defend_filter
 from poisonclip.defend.measure import MeasureConfig
+from poisonclip.defend.roclip import RoClipConfig, defend_roclip
 from poisonclip.train.run import TrainConfig, train
 from tests.cli_errors import one_line_error
 
@@ -110,6 +111,25 @@ def test_cleanclip_fine_tunes_the_poisoned_model_into_a_checkpoint_the_evaluator
     assert C.read_run_info(root / "cleanclip2" / C.DEFENSE_RUN_DIR).loss_curve == run.loss_curve
 
 
+def test_roclip_trains_with_matching_epochs_and_is_measured_against_the_same_attack(world):
+    root, corpus, bad = world
+    kw = dict(data=bad, model="poisonclip-test", epochs=2, batch_size=50, warmup=2, pool_size=100, nn_every=2,
+              threads=1)
+    info = defend_roclip(RoClipConfig(out=root / "roclip", before=root / "before", measure=MEASURE, **kw))
+    assert C.read_defense_info(root / "roclip") == info and info.defense == "roclip" and info.stage == "done"
+    assert info.poison == str(bad) and info.cost["matching_epochs"] == 1
+    run = C.read_run_info(root / "roclip" / C.DEFENSE_RUN_DIR)
+    assert run.num_samples == 315 and run.train_data == str(bad / C.TRAIN_TABLE) and run.poison_json
+    assert [e["matched"] for e in run.epoch_stats] == [0.0, 1.0]     # epoch 2 pairs images with pool captions
+    m_before = C.read_metrics(root / "roclip" / C.DEFENSE_BEFORE_DIR)
+    m_after = C.read_metrics(root / "roclip" / C.DEFENSE_EVAL_DIR)
+    assert m_after.model.name == "poisonclip-test" and m_before.poison == m_after.poison
+    assert 0 <= info.after["asr_as_trained_zeroshot"] <= 1 and 0 <= info.before["asr_as_trained_zeroshot"] <= 1
+    # the initial weights, the order and the augmentations all come from the seed
+    again = defend_roclip(RoClipConfig(out=root / "roclip2", **kw))
+    assert C.read_run_info(root / "roclip2" / C.DEFENSE_RUN_DIR).loss_curve == run.loss_curve and again.after is None
+
+
 def test_cli_runs_a_defense_and_refuses_mistakes_in_one_line(world):
     root, corpus, bad = world
     cli = CliRunner()
@@ -126,6 +146,8 @@ def test_cli_runs_a_defense_and_refuses_mistakes_in_one_line(world):
         (["defend", "cleanclip", str(root / "nowhere"), "--data", str(corpus), "--out", str(root / "x")], "run.json"),
         (["defend", "cleanclip", str(root / "before"), "--data", str(corpus), "--epochs", "0", "--out",
           str(root / "x")], "--epochs"),
+        (["defend", "roclip", str(bad), "--nn-every", "0", "--out", str(root / "x")], "--nn-every"),
+        (["defend", "roclip", str(bad), "--model", "no-such-model", "--out", str(root / "x")], "no-such-model"),
     ):
         one_line_error(cli.invoke(app, args), says)
     assert not (root / "x").exists()

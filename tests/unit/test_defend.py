@@ -14,6 +14,8 @@ from poisonclip.attacks.api import TargetedConfig, TargetSpec, poison
 from poisonclip.attacks.manifest import read_manifest
 from poisonclip.defend.cleanclip import CleanClipConfig, augment_caption, augment_image, defend_cleanclip
 from poisonclip.defend.filter import FilterConfig, defend_filter, flag
+from poisonclip.defend.loop import lr_at
+from poisonclip.defend.roclip import CaptionPool, RoClipConfig, defend_roclip, matching_epoch
 from poisonclip.errors import SettingError, UserError
 from poisonclip.train.dataset import resolve
 from tests.attack_fixtures import make_tiny
@@ -127,3 +129,38 @@ def test_cleanclip_settings_are_checked_before_anything_is_read(sets, tmp_path):
     with pytest.raises(UserError, match="run.json"):
         defend_cleanclip(CleanClipConfig(run=tmp_path / "nowhere", data=sets["table"], out=tmp_path / "c"))
     assert not (tmp_path / "c").exists()
+
+
+def test_the_caption_pool_keeps_the_newest_and_matches_each_image_to_its_nearest_caption():
+    import torch
+
+    pool = CaptionPool(3)
+    eye = torch.eye(4)
+    pool.push(eye[:2])
+    pool.push(eye[2:])
+    assert len(pool) == 3 and torch.equal(pool.bank, eye[1:])        # the oldest went first
+    images = torch.nn.functional.normalize(torch.tensor([[0.1, 0.2, 0.0, 0.9], [0.0, 0.9, 0.3, 0.0],
+                                                         [1.0, 0.0, 0.0, 0.1]]), dim=1)
+    nearest = pool.nearest(images)
+    assert torch.equal(nearest, eye[[3, 1, 3]])     # image 3's own best (axis 0) is no longer in the pool
+    emb = torch.ones(2, 4, requires_grad=True)
+    pool.push(emb * 2)
+    assert not pool.bank.requires_grad
+
+
+def test_matching_epochs_and_the_schedule():
+    assert [matching_epoch(e, 2) for e in range(5)] == [False, True, False, True, False]
+    assert all(matching_epoch(e, 1) for e in range(3)) and [matching_epoch(e, 3) for e in range(3)] == [False, False, True]
+    lrs = [lr_at(s, 1.0, 2, 10) for s in range(10)]
+    assert lrs[:3] == [0.5, 1.0, 1.0] and all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0
+
+
+def test_roclip_settings_are_checked_before_anything_is_read(sets, tmp_path):
+    for kw, setting in (({"nn_every": 0}, "nn_every"), ({"pool_size": 0}, "pool_size"), ({"lr": -1.0}, "lr"),
+                        ({"model": "no-such-model"}, "model")):
+        with pytest.raises(SettingError) as e:
+            defend_roclip(RoClipConfig(data=sets["table"], out=tmp_path / "r", **kw))
+        assert e.value.setting == setting
+    with pytest.raises(UserError, match="run.json"):
+        defend_roclip(RoClipConfig(data=sets["table"], out=tmp_path / "r", before=tmp_path / "nowhere"))
+    assert not (tmp_path / "r").exists()

@@ -1,7 +1,8 @@
 """``poisonclip defend``: apply a defense and measure the model before and after it.
 
 ``defend filter``: drop what a detector flags, train on the rest; ``defend cleanclip``:
-fine-tune a poisoned model on clean pairs with CleanCLIP's added unimodal losses.
+fine-tune a poisoned model on clean pairs with CleanCLIP's added unimodal losses;
+``defend roclip``: train with RoCLIP's nearest-caption matching epochs.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import typer
 from rich.table import Table
 
 from poisonclip.cli.common import App, console
+from poisonclip.train.presets import CPU_TINY
 
-app = App(help="Defenses: filter the data with a detector then train, or CleanCLIP fine-tuning; each measured "
-               "before and after.")
+app = App(help="Defenses: filter the data with a detector then train, CleanCLIP fine-tuning, or RoCLIP "
+               "training; each measured before and after.")
 
 _EVAL_HELP = "Labelled set to evaluate on (default: the test split of the corpus the poisoned set was made from)."
 
@@ -147,6 +149,47 @@ def cleanclip_command(
                           measure=_measure(evaluate, eval_data, classnames, templates, probe, seed))
     with console.status("fine-tuning") as status:
         info = defend_cleanclip(cfg, progress=lambda msg: status.update(msg))
+    _show(info, out.absolute())
+
+
+@app.command("roclip")
+def roclip_command(
+    data: Annotated[str, typer.Argument(help="The training data: a poisoned dataset folder (or a table, shards, a "
+                                             "corpus folder).")],
+    out: Annotated[Path, typer.Option(help="Output folder: run/ (the model), eval/, eval-before/, defense.json.")],
+    model: Annotated[str, typer.Option(help="open_clip model name, trained from scratch.")] = CPU_TINY.model,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = CPU_TINY.epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = CPU_TINY.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = CPU_TINY.lr,
+    wd: Annotated[float, typer.Option(help="Weight decay.")] = CPU_TINY.wd,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = CPU_TINY.warmup,
+    pool_size: Annotated[int, typer.Option(help="Caption embeddings in the pool.")] = 1024,
+    nn_every: Annotated[int, typer.Option(help="Every K-th epoch pairs each image with its nearest pool "
+                                               "caption.")] = 2,
+    augment: Annotated[bool, typer.Option(help="Augment images and captions.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights, the order and the augmentations.")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    before: Annotated[Optional[Path], typer.Option(help="Run folder of a model trained the ordinary way on DATA, "
+                                                        "evaluated the same way.")] = None,
+    poison: Annotated[Optional[Path], typer.Option(help="Poisoned folder whose attack is measured (default: DATA, "
+                                                        "if it is one).")] = None,
+    evaluate: Annotated[bool, typer.Option(help="Evaluate the model (and --before).")] = True,
+    eval_data: Annotated[Optional[Path], typer.Option(help=_EVAL_HELP)] = None,
+    classnames: Annotated[Optional[Path], typer.Option(help="Class list (default: beside the eval set).")] = None,
+    templates: Annotated[Optional[str], typer.Option(help="Zero-shot templates: openai, simple or a file.")] = None,
+    probe: Annotated[bool, typer.Option(help="Also fit the linear probe (slower).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier defense in --out.")] = False,
+) -> None:
+    """RoCLIP: train with every K-th epoch pairing each image with its nearest caption in a pool."""
+    from poisonclip.defend.roclip import RoClipConfig, defend_roclip
+
+    cfg = RoClipConfig(data=Path(data), out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, wd=wd,
+                       warmup=warmup, pool_size=pool_size, nn_every=nn_every, augment=augment, seed=seed,
+                       threads=threads, device=device, overwrite=overwrite, before=before, poison=poison,
+                       measure=_measure(evaluate, eval_data, classnames, templates, probe, seed))
+    with console.status("training with RoCLIP") as status:
+        info = defend_roclip(cfg, progress=lambda msg: status.update(msg))
     _show(info, out.absolute())
 
 

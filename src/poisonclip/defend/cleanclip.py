@@ -8,11 +8,10 @@ Every term is open_clip's ``ClipLoss`` (symmetric InfoNCE at the model's logit s
 modality's embedding stand on its own, which breaks the spurious link between a trigger and
 the target caption that the multimodal loss alone keeps (CleanCLIP's argument).
 
-A hand-written loop rather than open_clip_train: its trainer has only the image-caption loss
-(and distillation/CoCa variants), with no way to add image-image and text-text terms on
-augmented views, and it cannot start from a checkpoint's weights without ``--pretrained``,
-which for this project's model names it does not resolve. The loop is short: the same model,
-open_clip's loss, AdamW and a cosine schedule with warm-up, as open_clip_train uses.
+A hand-written loop (``defend.loop``) rather than open_clip_train: its trainer has only the
+image-caption loss (and distillation/CoCa variants), with no way to add image-image and
+text-text terms on augmented views. The loop is short: the same model, open_clip's loss,
+AdamW and a cosine schedule with warm-up, as open_clip_train uses.
 
 What differs from the paper's recipe (and why):
 
@@ -33,9 +32,7 @@ and ``defense.json`` as every defense writes them.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,20 +41,14 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from poisonclip.contracts import (DEFENSE_BEFORE_DIR, DEFENSE_EVAL_DIR, DEFENSE_RUN_DIR, DefenseInfo, RunInfo,
-                                  read_poison_info, read_run_info, write_defense_info, write_run_info)
-from poisonclip.data import CsvFormat, SkipReport, read_dataset
+                                  read_poison_info, read_run_info, write_defense_info)
 from poisonclip.defend.filter import DEFENSE_KIND
+from poisonclip.defend.loop import STREAM_AUG, Schedule, load_pairs, run_loop, write_run
 from poisonclip.defend.measure import MeasureConfig, timed_eval
-from poisonclip.errors import SettingError, UserError
-from poisonclip.io_utils import atomic_dir, atomic_write_bytes, atomic_write_json, input_paths
-from poisonclip.train.run import CHECKPOINT_DIR as CHECKPOINTS
-from poisonclip.train.run import CONFIG_FILE as CONFIG
+from poisonclip.errors import SettingError
+from poisonclip.io_utils import atomic_dir, input_paths
 
 PRESET = "cleanclip"       # run.json's preset: how this model was made
-
-# Streams of the seed, one per purpose, so adding one never shifts another.
-_STREAM_SUBSET, _STREAM_ORDER, _STREAM_AUG = 1, 2, 3
-
 
 @dataclass(frozen=True)
 class CleanClipConfig:
@@ -144,43 +135,7 @@ def augment_caption(text: str, rng: np.random.Generator, word_drop: float = 0.2)
     return " ".join(kept)
 
 
-# --- the loop ----------------------------------------------------------------------------
-
-def _load_pairs(cfg: CleanClipConfig) -> tuple[list[Image.Image], list[str], Any]:
-    from poisonclip.train.dataset import resolve
-
-    td = resolve(cfg.data, hash_data=True)
-    report = SkipReport()
-    images, captions = [], []
-    for s in read_dataset(td.train_data, CsvFormat(td.img_key, td.caption_key, td.csv_sep), report):
-        images.append(s.decode())
-        captions.append(s.caption)
-    if cfg.subset is not None and cfg.subset < len(images):
-        pick = np.sort(np.random.default_rng([cfg.seed, _STREAM_SUBSET]).choice(len(images), cfg.subset,
-                                                                                replace=False))
-        images, captions = [images[i] for i in pick], [captions[i] for i in pick]
-    if len(images) < cfg.batch_size:
-        raise UserError(f"{cfg.data}: {len(images)} usable pairs, fewer than one batch of {cfg.batch_size}; "
-                        "lower `batch_size` or give more clean data")
-    return images, captions, td
-
-
-def _param_groups(model: Any, wd: float) -> list[dict[str, Any]]:
-    """open_clip_train's split: no weight decay on gains, biases, norms and the logit scale."""
-    decay, rest = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (rest if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n else decay).append(p)
-    return [{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
-
-
-def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base
-
+# --- the fine-tuning ----------------------------------------------------------------------
 
 def finetune(cfg: CleanClipConfig, run_dir: Path, say: Callable[[str], None]) -> tuple[RunInfo, float]:
     """Fine-tune ``cfg.run``'s model on ``cfg.data`` into ``run_dir`` (checkpoint, config.json,
@@ -191,76 +146,31 @@ def finetune(cfg: CleanClipConfig, run_dir: Path, say: Callable[[str], None]) ->
     from poisonclip.evaluate.embed import load_model, resolve_run
 
     name, ckpt = resolve_run(cfg.run)
-    images, captions, td = _load_pairs(cfg)
+    pairs = load_pairs(cfg.data, cfg.batch_size, cfg.subset, cfg.seed)
     lm = load_model(name, ckpt, cfg.device)
-    model, preprocess, tokenizer = lm.model, lm.preprocess, lm.tokenizer
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model.train()
-    opt = torch.optim.AdamW(_param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    preprocess, tokenizer = lm.preprocess, lm.tokenizer
     loss_fn = ClipLoss()
-    order_rng = np.random.default_rng([cfg.seed, _STREAM_ORDER])
-    aug_rng = np.random.default_rng([cfg.seed, _STREAM_AUG])
-    n, bs = len(images), cfg.batch_size
-    steps_per_epoch = n // bs
-    total = steps_per_epoch * cfg.epochs
-    curve, parts, step = [], [], 0
-    t0 = time.perf_counter()
+    aug = np.random.default_rng([cfg.seed, STREAM_AUG])
+    images, captions = pairs.images, pairs.captions
 
-    def views(idx: Sequence[int]) -> tuple[Any, Any, Any, Any]:
-        im = torch.stack([preprocess(images[i]) for i in idx])
-        im_aug = torch.stack([preprocess(augment_image(images[i], aug_rng, cfg.crop_scale)) for i in idx])
-        tx = tokenizer([captions[i] for i in idx])
-        tx_aug = tokenizer([augment_caption(captions[i], aug_rng, cfg.word_drop) for i in idx])
-        return im.to(cfg.device), im_aug.to(cfg.device), tx.to(cfg.device), tx_aug.to(cfg.device)
+    def step(model: Any, idx: Sequence[int], epoch: int) -> tuple[Any, dict[str, float]]:
+        im = torch.stack([preprocess(images[i]) for i in idx]
+                         + [preprocess(augment_image(images[i], aug, cfg.crop_scale)) for i in idx])
+        tx = torch.cat([tokenizer([captions[i] for i in idx]),
+                        tokenizer([augment_caption(captions[i], aug, cfg.word_drop) for i in idx])])
+        img = model.encode_image(im.to(cfg.device), normalize=True)
+        txt = model.encode_text(tx.to(cfg.device), normalize=True)
+        scale, k = model.logit_scale.exp(), len(idx)
+        l_mm = loss_fn(img[:k], txt[:k], scale)
+        l_ss = (loss_fn(img[:k], img[k:], scale) + loss_fn(txt[:k], txt[k:], scale)) / 2
+        loss = cfg.lambda_clip * l_mm + cfg.lambda_ss * l_ss
+        return loss, {"loss_clip": float(l_mm.detach()), "loss_unimodal": float(l_ss.detach())}
 
-    for epoch in range(cfg.epochs):
-        perm = order_rng.permutation(n)
-        losses, mm, ss = [], [], []
-        for b in range(steps_per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
-            im, im_aug, tx, tx_aug = views(idx)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, total)
-            img = model.encode_image(torch.cat([im, im_aug]), normalize=True)
-            txt = model.encode_text(torch.cat([tx, tx_aug]), normalize=True)
-            scale = model.logit_scale.exp()
-            img, img_aug = img[:len(idx)], img[len(idx):]
-            txt, txt_aug = txt[:len(idx)], txt[len(idx):]
-            l_mm = loss_fn(img, txt, scale)
-            l_ss = (loss_fn(img, img_aug, scale) + loss_fn(txt, txt_aug, scale)) / 2
-            loss = cfg.lambda_clip * l_mm + cfg.lambda_ss * l_ss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():   # as open_clip_train: the temperature stays within CLIP's bound
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(float(loss.detach()))
-            mm.append(float(l_mm.detach()))
-            ss.append(float(l_ss.detach()))
-            step += 1
-        curve.append(float(np.mean(losses)))
-        parts.append({"epoch": epoch + 1, "loss": curve[-1], "loss_clip": float(np.mean(mm)),
-                      "loss_unimodal": float(np.mean(ss)), "steps": steps_per_epoch})
-        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {curve[-1]:.4f}")
-    wall = time.perf_counter() - t0
-    model.eval()
-
-    buf = io.BytesIO()
-    torch.save({"epoch": cfg.epochs, "name": PRESET, "state_dict": model.state_dict()}, buf)
-    rel = f"{CHECKPOINTS}/epoch_{cfg.epochs}.pt"
-    atomic_write_bytes(run_dir / rel, buf.getvalue())
-    atomic_write_json(run_dir / CONFIG, {"config": cfg.params(), "base_model": name,
-                                         "base_checkpoint": str(ckpt), "base_checkpoint_sha256": lm.checkpoint_sha256,
-                                         "num_samples": n, "steps_per_epoch": steps_per_epoch})
-    info = RunInfo(model=name, checkpoint=rel, seed=cfg.seed, epochs=cfg.epochs, steps=total, batch_size=bs,
-                   world_size=1, device=cfg.device, precision="fp32", preset=PRESET, data=td.source,
-                   data_origin=td.origin, dataset_type=td.dataset_type, train_data=td.train_data, num_samples=n,
-                   dataset_sha256=td.sha256, poison_json=td.poison_json, poison_json_sha256=td.poison_json_sha256,
-                   wall_time_s=round(wall, 3), samples_per_s=round(total * bs / wall, 3) if wall > 0 else 0.0,
-                   train_time_s=round(wall, 3), loss_curve=tuple(curve), epoch_stats=tuple(parts), config=CONFIG)
-    write_run_info(run_dir, info)
-    return info, wall
+    sch = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.wd, cfg.warmup, cfg.seed, cfg.device, cfg.threads)
+    done = run_loop(lm.model, len(pairs), sch, step, say)
+    config = {**cfg.params(), "base_model": name, "base_checkpoint": str(ckpt),
+              "base_checkpoint_sha256": lm.checkpoint_sha256}
+    return write_run(run_dir, lm.model, name, PRESET, pairs, sch, done, config), done.wall_s
 
 
 def _poison_of(cfg: CleanClipConfig) -> Path | None:
