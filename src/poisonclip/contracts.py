@@ -86,6 +86,8 @@ DEFENSE_DATA_DIR = "data"                 # filter: the filtered dataset, traina
 DEFENSE_RUN_DIR = "run"                   # the defended model's run folder (run.json)
 DEFENSE_EVAL_DIR = "eval"                 # the defended model's evaluation (metrics.json)
 DEFENSE_BEFORE_DIR = "eval-before"        # the model before the defense, evaluated the same way
+DEFENSE_SWEEP_DIR = "defense"             # a sweep's defended model artefact: the defense folder inside it
+DEFENSE_BASE_DIR = "base"                 # ... and, for cleanclip, the ordinary model it fine-tunes
 
 # manifest.csv columns, in order (``attacks.manifest.ManifestRow`` has one field per column)
 MANIFEST_COLUMNS: tuple[str, ...] = (

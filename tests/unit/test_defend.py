@@ -164,3 +164,36 @@ def test_roclip_settings_are_checked_before_anything_is_read(sets, tmp_path):
     with pytest.raises(UserError, match="run.json"):
         defend_roclip(RoClipConfig(data=sets["table"], out=tmp_path / "r", before=tmp_path / "nowhere"))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_sweep_names_a_defense_in_its_train_section():
+    from poisonclip.defend.sweep import resolve_defense
+    from poisonclip.experiments.spec import load_spec
+    from poisonclip.experiments.stages import PoisonclipStages
+    from poisonclip.experiments.trials import expand
+
+    S = PoisonclipStages()
+    plain = S.resolve("train", {"model": "poisonclip-test"})
+    assert "defense" not in plain     # a spec without a defense keeps its models' content keys
+    none = S.resolve("train", {"model": "poisonclip-test", "defense": "none"})
+    assert none["defense"] == "none" and none["defense_settings"] == {}
+    f = resolve_defense("filter", {"method": "phash", "drop_fraction": 0.1})
+    assert f == {"defense": "filter", "defense_settings": {"method": "phash", "threshold": None, "drop_fraction": 0.1}}
+    assert resolve_defense("roclip")["defense_settings"]["pool_size"] == \
+        RoClipConfig.__dataclass_fields__["pool_size"].default
+    for name, settings, says in (("magic", None, "magic"), ("none", {"pool_size": 3}, "no settings"),
+                                 ("roclip", {"method": "phash"}, "unknown"), ("filter", None, "detector"),
+                                 ("filter", {"method": "phash"}, "threshold"),
+                                 ("filter", {"method": "nope", "threshold": 1.0}, "nope"),
+                                 ("filter", {"method": "embedding-neighbours", "threshold": 1.0}, "model"),
+                                 ("filter", "phash", "mapping")):
+        with pytest.raises(UserError, match=says) as e:
+            S.resolve("train", {"model": "poisonclip-test", "defense": name, "defense_settings": settings})
+        assert str(e.value).startswith("sweep spec: train.defense")
+    root = Path(__file__).resolve().parents[2] / "configs" / "defenses"
+    trials = expand(load_spec(root / "quick.yaml"), S.resolve, S.link)
+    assert len(trials) == 24 and len({t.keys.model for t in trials}) == 24
+    names = {(t.params["poison.attack"], t.params["train.defense"]) for t in trials}
+    assert names == {(a, d) for a in ("backdoor", "targeted") for d in ("none", "filter", "roclip", "cleanclip")}
+    # the poisoned data is shared by every defense of an attack and seed
+    assert len({t.keys.poison for t in trials}) == 6
