@@ -92,6 +92,7 @@ def test_cleanclip_fine_tunes_the_poisoned_model_into_a_checkpoint_the_evaluator
                                             batch_size=50, warmup=1, threads=1, measure=MEASURE))
     assert C.read_defense_info(out) == info and info.stage == "done" and info.defense == "cleanclip"
     assert info.poison == str(bad)          # the attack the poisoned run trained on, found from its run.json
+    assert "poisons_in_source" not in info.cost and info.cost["clean_pairs"] == 100
     run = C.read_run_info(out / C.DEFENSE_RUN_DIR)
     assert run.epochs == 2 and run.steps == 4 and run.num_samples == 100 and len(run.loss_curve) == 2
     assert all(math.isfinite(x) for x in run.loss_curve)
@@ -109,6 +110,10 @@ def test_cleanclip_fine_tunes_the_poisoned_model_into_a_checkpoint_the_evaluator
                                              epochs=2, batch_size=50, warmup=1, threads=1))
     assert again.stage == "done" and again.after is None
     assert C.read_run_info(root / "cleanclip2" / C.DEFENSE_RUN_DIR).loss_curve == run.loss_curve
+    # "clean" data that is not: the record says how many poisons its source holds
+    dirty = defend_cleanclip(CleanClipConfig(run=root / "before", data=bad, out=root / "cleanclip3", subset=50,
+                                             epochs=1, batch_size=50, threads=1))
+    assert dirty.cost["poisons_in_source"] == 15
 
 
 def test_roclip_trains_with_matching_epochs_and_is_measured_against_the_same_attack(world):

@@ -173,6 +173,14 @@ def finetune(cfg: CleanClipConfig, run_dir: Path, say: Callable[[str], None]) ->
     return write_run(run_dir, lm.model, name, PRESET, pairs, sch, done, config), done.wall_s
 
 
+def _poisons_in(run: RunInfo) -> dict[str, int]:
+    """The poisons in the data the fine-tuning pairs were drawn from, when it is a poisoned
+    folder (CleanCLIP assumes none: a defender's "clean" subset may not be clean)."""
+    if not run.poison_json:
+        return {}
+    return {"poisons_in_source": read_poison_info(run.poison_json).n_poisons}
+
+
 def _poison_of(cfg: CleanClipConfig) -> Path | None:
     """The poisoned folder to measure against: given, else the one the poisoned run trained on."""
     if cfg.poison is not None:
@@ -199,7 +207,7 @@ def defend_cleanclip(cfg: CleanClipConfig, progress: Callable[[str], None] | Non
                            model=DEFENSE_RUN_DIR, before_model=str(Path(cfg.run).absolute()),
                            poison=str(poison) if poison else None,
                            cost={"train_s": round(wall, 3), "clean_pairs": run_info.num_samples,
-                                 "steps": run_info.steps})
+                                 "steps": run_info.steps, **_poisons_in(run_info)})
         write_defense_info(tmp, info)
     if cfg.measure is not None:
         cost = dict(info.cost)

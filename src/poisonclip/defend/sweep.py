@@ -18,7 +18,8 @@ clean data. Where each defense's training settings come from:
 
 * filter: the train section, unchanged, on the kept data (open_clip's trainer);
 * roclip: model, epochs, batch_size, lr, wd, warmup, seed and threads of the train section
-  (its own loop; other settings such as the preset's precision do not apply);
+  (its own loop, on one device: a GPU unless ``gpus`` is 0; other settings such as the
+  preset's precision or several GPUs do not apply);
 * cleanclip: the base model as the train section says; the fine-tuning's own settings
   (epochs, lr, subset, ...) in the defense mapping, on the clean data the poisons were added
   to (``poison.json``'s ``clean_data``; for the clean baseline, the corpus itself).
@@ -95,6 +96,16 @@ def defended_run(model_folder: Path) -> Path:
     return folder / DEFENSE_RUN_DIR if (folder / DEFENSE_INFO_FILE).is_file() else Path(model_folder)
 
 
+def _device(train: Mapping[str, Any]) -> str:
+    """Where the defenses' own loop runs: as the train section's ``gpus`` says (0: the CPU;
+    unset: a GPU when one is visible), on one device."""
+    if train.get("gpus") == 0:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _clean_data(data: Path) -> str:
     """What CleanCLIP fine-tunes on: the clean data the poisons were added to (or the corpus)."""
     if (data / POISON_INFO_FILE).is_file():
@@ -123,11 +134,13 @@ def train_defended(name: str, own: Mapping[str, Any], train: Mapping[str, Any], 
         defend_filter(FilterConfig(data=Path(source), out=target, train=dict(train), **own), on_event=on_event)
     elif name == "roclip":
         keep = ("model", "epochs", "batch_size", "lr", "wd", "warmup", "seed", "threads")
-        defend_roclip(RoClipConfig(data=Path(source), out=target, **{k: train[k] for k in keep}, **own))
+        defend_roclip(RoClipConfig(data=Path(source), out=target, device=_device(train),
+                                   **{k: train[k] for k in keep}, **own))
     elif name == "cleanclip":
         base = train_run(TrainConfig(data=source, out=str(out / DEFENSE_BASE_DIR), **train), on_event=on_event)
         defend_cleanclip(CleanClipConfig(run=base.run_dir, data=Path(_clean_data(data)), out=target,
-                                         seed=train["seed"], threads=train.get("threads"), **own))
+                                         seed=train["seed"], threads=train.get("threads"), device=_device(train),
+                                         **own))
     else:
         raise ValueError(f"not a defense to train with: {name!r}")
     info = read_defense_info(target)
