@@ -44,7 +44,7 @@ from poisonclip.data.csv_io import csv_columns, csv_key, iter_rows
 from poisonclip.defend.measure import MeasureConfig, timed_eval
 from poisonclip.detect.api import DetectConfig, Scored, score, write_detection
 from poisonclip.errors import SettingError, UserError
-from poisonclip.io_utils import OutputKind, atomic_dir, atomic_write_bytes, check_out
+from poisonclip.io_utils import OutputKind, atomic_dir, atomic_write_bytes
 
 DEFENSE_KIND = OutputKind("defense (`poisonclip defend`)", ((DEFENSE_INFO_FILE, ("defense", "params", "stage")),))
 
@@ -254,7 +254,3 @@ def defend_filter(cfg: FilterConfig, progress: Callable[[str], None] | None = No
     write_defense_info(out, info)
     return dataclasses.replace(res, info=info)
 
-
-def check_defense_out(out: Path, overwrite: bool, inputs: list[Path]) -> Path:
-    """``out`` may take a defense (nothing there, or an earlier defense with ``overwrite``)."""
-    return check_out(out, DEFENSE_KIND, overwrite=overwrite, inputs=inputs)
