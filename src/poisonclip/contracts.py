@@ -11,6 +11,8 @@
     detect   ``detect.json`` (DetectionSummary: DetectionScoring per method, FlaggedAt) + ``scores.tsv``
              (DetectionScores: one row per sample, its key and a score per method)
     audit    ``audit.json`` (AuditInfo) + ``audit.html`` + ``suspicious.tsv`` + ``detection/`` (a detection)
+    defend   ``defense.json`` (DefenseInfo) + ``data/`` (filter: a poisoned-style folder) + ``detection/``
+             + ``run/`` (the defended model) + ``eval/`` and ``eval-before/`` (metrics.json each)
 
 Every stage writes its files with ``write_*`` (atomically, through ``io_utils``) and every
 consumer reads them with ``read_*``; nothing else parses these files, so a field changes in one
@@ -77,7 +79,15 @@ DETECT_SCORES_FILE = "scores.tsv"
 AUDIT_INFO_FILE = "audit.json"
 AUDIT_PAGE_FILE = "audit.html"
 AUDIT_RANKING_FILE = "suspicious.tsv"
-AUDIT_DETECTION_DIR = "detection"
+AUDIT_DETECTION_DIR = "detection"        # also a defense's detection (`poisonclip defend filter`)
+
+DEFENSE_INFO_FILE = "defense.json"
+DEFENSE_DATA_DIR = "data"                 # filter: the filtered dataset, trainable as it is
+DEFENSE_RUN_DIR = "run"                   # the defended model's run folder (run.json)
+DEFENSE_EVAL_DIR = "eval"                 # the defended model's evaluation (metrics.json)
+DEFENSE_BEFORE_DIR = "eval-before"        # the model before the defense, evaluated the same way
+DEFENSE_SWEEP_DIR = "defense"             # a sweep's defended model artefact: the defense folder inside it
+DEFENSE_BASE_DIR = "base"                 # ... and, for cleanclip, the ordinary model it fine-tunes
 
 # manifest.csv columns, in order (``attacks.manifest.ManifestRow`` has one field per column)
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -1067,3 +1077,61 @@ def read_audit_info(source: str | os.PathLike) -> AuditInfo:
     path = _path_of(source, _AUDIT)
     _, data = _load(path, _AUDIT)
     return AuditInfo.from_json(data, str(path))
+
+
+# --------------------------------------------------------------------------- defense
+
+_DEFENSE = _Kind(DEFENSE_INFO_FILE, "defense record", "`poisonclip defend`", "re-run `poisonclip defend`",
+                 ("defense", "params", "stage"))
+
+
+@dataclass(frozen=True)
+class DefenseInfo:
+    """``defense.json``: one defense applied, and what it cost and changed. Written when the
+    folder's first product is complete (``stage`` "filtered" or "trained") and again, last of
+    all, with ``stage`` "done": the folder is a defense's from its first write on.
+
+    ``removed`` (filter): n_samples, n_kept, n_removed, n_poisons, poisons_removed,
+    clean_removed, threshold. ``before`` / ``after``: the evaluations' table columns
+    (``evaluate.columns.flat_metrics``) of the model before and after the defense.
+    ``cost``: seconds per step (detect_s, train_s, eval_s), and the data it removed or used."""
+
+    defense: str                              # "filter" | "cleanclip"
+    data: str                                 # the data read (the poisoned set; cleanclip: the clean subset)
+    params: Mapping[str, Any]                 # the defense's settings
+    stage: str = "done"                       # "filtered" | "trained" | "done"
+    removed: Mapping[str, Any] | None = None
+    model: str | None = None                  # the defended model's run folder (relative to this folder)
+    before_model: str | None = None           # the run evaluated as "before", if any
+    poison: str | None = None                 # the poisoned folder whose attack the evaluations measure
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+    cost: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = f"<{DEFENSE_INFO_FILE}>") -> "DefenseInfo":
+        f = _fields(where, data, _DEFENSE)
+        stage = f.text("stage")
+        if stage not in ("filtered", "trained", "done"):
+            raise f.fail("stage", f"must be 'filtered', 'trained' or 'done', not {_show(stage)}")
+        return cls(defense=f.text("defense"), data=f.text("data"), params=f.mapping("params"), stage=stage,
+                   removed=f.mapping("removed", None, null=True), model=f.text("model", None, null=True),
+                   before_model=f.text("before_model", None, null=True), poison=f.text("poison", None, null=True),
+                   before=f.mapping("before", None, null=True), after=f.mapping("after", None, null=True),
+                   cost=f.mapping("cost", {}))
+
+
+def write_defense_info(folder: str | os.PathLike, info: DefenseInfo) -> Path:
+    """Write ``defense.json`` (atomically; the last write of a defense has ``stage`` done)."""
+    return atomic_write_json(_folder_file(folder, DEFENSE_INFO_FILE), info.to_json())
+
+
+def read_defense_info(source: str | os.PathLike) -> DefenseInfo:
+    """``defense.json`` of a defense folder (or the file itself)."""
+    path = _path_of(source, _DEFENSE)
+    _, data = _load(path, _DEFENSE)
+    return DefenseInfo.from_json(data, str(path))

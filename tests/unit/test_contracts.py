@@ -77,6 +77,11 @@ def _raw(path):
     (DETECTION, C.write_detection_summary, C.read_detection_summary, C.DETECT_INFO_FILE),
     (C.AuditInfo("/p", ("phash",), 10, 5, 2, manifest="/p/manifest.csv"), C.write_audit_info, C.read_audit_info,
      C.AUDIT_INFO_FILE),
+    (C.DefenseInfo("filter", "/p", {"method": "phash", "drop_fraction": 0.05}, "done",
+                   removed={"n_samples": 10, "n_removed": 2, "poisons_removed": 2, "clean_removed": 0},
+                   model="run", before_model="/r", poison="/p", before={"top1_zeroshot": 0.5},
+                   after={"top1_zeroshot": 0.4}, cost={"detect_s": 0.1, "train_s": 3.0}),
+     C.write_defense_info, C.read_defense_info, C.DEFENSE_INFO_FILE),
 ])
 def test_every_record_round_trips_through_its_writer_and_reader(tmp_path, record, write, read, name):
     path = write(tmp_path, record)

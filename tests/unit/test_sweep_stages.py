@@ -60,8 +60,9 @@ def test_every_shipped_spec_expands(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    specs = [root / "sweep-ci.yaml", *sorted((root / "paper").glob("*.yaml"))]
-    assert len(specs) >= 6
+    specs = [root / "sweep-ci.yaml", *sorted((root / "paper").glob("*.yaml")),
+             *sorted((root / "defenses").glob("*.yaml"))]
+    assert len(specs) >= 7
     for path in specs:
         trials = expand(load_spec(path), S.resolve)
         assert trials, path

@@ -7,6 +7,7 @@ library function; nothing below this package sees typer.
 from __future__ import annotations
 
 from poisonclip.cli import data as _data
+from poisonclip.cli import defend as _defend
 from poisonclip.cli import demo as _demo
 from poisonclip.cli import detect as _detect
 from poisonclip.cli import evaluate as _evaluate
@@ -18,7 +19,7 @@ from poisonclip.cli.common import App
 
 app = App(help="Poisoning and backdooring contrastive image-text models (Carlini & Terzis, ICLR 2022).")
 
-for _module in (_data, _poison, _train, _evaluate, _detect, _demo, _sweep, _report):
+for _module in (_data, _poison, _train, _evaluate, _detect, _defend, _demo, _sweep, _report):
     _module.register(app)
 
 

@@ -230,10 +230,13 @@ class PoisonclipStages:
         fixed = sorted(set(config) & _TRAIN_FIXED)
         if fixed:
             raise UserError(f"sweep spec: train: {fixed} are set by the sweep for each trial; remove them")
+        # a defense to train with (defend.sweep), not TrainConfig's settings
+        defense, settings = config.pop("defense", None), config.pop("defense_settings", None)
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(config) - names)
         if unknown:
-            raise UserError(f"sweep spec: train: unknown field(s) {unknown}; known: {sorted(names - _TRAIN_FIXED)}")
+            raise UserError(f"sweep spec: train: unknown field(s) {unknown}; known: "
+                            f"{sorted((names - _TRAIN_FIXED) | {'defense', 'defense_settings'})}")
         preset = config.pop("preset", DEFAULT_PRESET)
         if "extra_args" in config:
             config["extra_args"] = tuple(config["extra_args"])
@@ -241,7 +244,12 @@ class PoisonclipStages:
             cfg = TrainConfig.from_preset(preset, data="-", out="-", **config)
         except (TypeError, ValueError) as e:
             raise UserError(f"sweep spec: train: {e}") from None
-        return {k: v for k, v in jsonable(cfg).items() if k not in _TRAIN_FIXED}
+        resolved = {k: v for k, v in jsonable(cfg).items() if k not in _TRAIN_FIXED}
+        if defense is not None or settings is not None:   # only then: other specs keep their models' keys
+            from poisonclip.defend.sweep import NONE, resolve_defense
+
+            resolved.update(resolve_defense(NONE if defense is None else defense, settings))
+        return resolved
 
     def _resolve_eval(self, config: dict[str, Any]) -> dict[str, Any]:
         from poisonclip.evaluate.api import EvalConfig
@@ -298,6 +306,12 @@ class PoisonclipStages:
 
         config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
         source = str(data) if (data / POISON_INFO_FILE).is_file() else CorpusPaths.from_folder(data).train
+        defense, settings = config.pop("defense", None), config.pop("defense_settings", None) or {}
+        if defense not in (None, "none"):
+            from poisonclip.defend.sweep import train_defended
+
+            with _as_spec_keys("train"):
+                return train_defended(defense, settings, config, data, source, out, on_event)
         with _as_spec_keys("train"):
             res = train(TrainConfig(data=str(source), out=str(out), **config), on_event=on_event)
         from poisonclip.train.models import checkpoint_params
@@ -308,9 +322,11 @@ class PoisonclipStages:
 
     def evaluate(self, config: Mapping[str, Any], run: Path, corpus: Path, poison: Path | None,
                  out: Path) -> dict[str, Any]:
+        from poisonclip.defend.sweep import defended_run
         from poisonclip.evaluate.api import EvalConfig, evaluate
         from poisonclip.evaluate.columns import flat_metrics
 
+        run = defended_run(run)   # a defended model: the defense's own run folder
         paths = CorpusPaths.from_folder(corpus)
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
         if kwargs.get("probe", True) and not kwargs.get("probe_train") and paths.probe:

@@ -21,6 +21,8 @@ HEAD = "zeroshot"
 RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
                 f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe"]
 VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
+# What a defense removed (a sweep's defended models: defend.sweep), per poisoned model.
+DEFENSE_METRICS = ["model.poisons_removed", "model.clean_removed"]
 TARGETS = "targeted_targets"   # a model's targets, ';'-joined (evaluate.targeted.target_ids)
 
 
@@ -71,6 +73,7 @@ def _groups(df: Any, varying: Sequence[str]) -> Iterable[tuple[tuple[Any, ...], 
 
 def summary_table(df: Any, varying: Sequence[str]) -> Any:
     """The sweep's table: one row per setting (the varying non-seed parameters), n models,
+    what a defense removed (``model.poisons_removed``, ``model.clean_removed``: mean, std),
     and for poisoned and clean models each metric's cell as columns ``<col> mean``, ``std``,
     ``ci95_lo``/``ci95_hi``, ``k``/``n`` and, for targeted success, ``targets_per_model`` and
     ``distinct_targets``."""
@@ -93,6 +96,10 @@ def summary_table(df: Any, varying: Sequence[str]) -> Any:
                 if "n_distinct_targets" in cell:
                     row[f"{col} targets_per_model"] = cell["n_targets_per_model"]
                     row[f"{col} distinct_targets"] = cell["n_distinct_targets"]
+        for col in DEFENSE_METRICS:
+            cell = column_cell(sub, col) if col in sub.columns and sub[col].notna().any() else None
+            if cell is not None:
+                row[f"{col} mean"], row[f"{col} std"] = cell["mean"], cell["std"]
         rows.append(row)
     return pd.DataFrame(rows)
 
