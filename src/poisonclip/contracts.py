@@ -675,7 +675,7 @@ class PoisonRef:
 
 
 _METRICS_KNOWN = ("schema_version", "schema", "config", "model", "data", "excluded_targets", "templates",
-                  "versions", "clean", "similarity", "backdoor", "targeted", "poison")
+                  "versions", "clean", "similarity", "retrieval", "backdoor", "targeted", "poison")
 
 
 @dataclass(frozen=True)
@@ -686,6 +686,9 @@ class Metrics:
     * ``clean``: ``{"zeroshot": {"top1": rate}, "probe": {"top1": rate, "n_train", "n_test",
       "train_set", ...}}`` (probe only when one was trained);
     * ``similarity``: ``{"clean": {"mean", "std", "n_pairs"}, "arrays": "similarities.npz"}``;
+    * ``retrieval`` (when measured): clean recall on the eval set's own captions,
+      ``image_to_text`` / ``text_to_image`` -> ``{"R@1", "R@5", "R@10"}`` rates, with
+      ``caption_key``, ``n_images``, ``n_texts``; or ``{"skipped": reason}`` for a set without captions;
     * ``backdoor`` (poison with a trigger): ``target_label``, ``asr.<placement>.<head>`` rates,
       ``zscore.<placement>`` (``z``, ``mean_triggered``, ...), ``target_rate_without_trigger``;
       placements ``train_placement``, ``random`` and (for random-placed poisons) ``corner``;
@@ -701,6 +704,7 @@ class Metrics:
     config: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
     excluded_targets: ExcludedTargets = ExcludedTargets()
+    retrieval: Mapping[str, Any] | None = None
     templates: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     backdoor: Mapping[str, Any] | None = None
@@ -714,7 +718,7 @@ class Metrics:
     def to_json(self) -> dict[str, Any]:
         d = _jsonable(self)
         sections = d.pop("sections")
-        return {**_without_none(d, ("backdoor", "targeted", "poison")), **sections}
+        return {**_without_none(d, ("retrieval", "backdoor", "targeted", "poison")), **sections}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = f"<{METRICS_FILE}>") -> "Metrics":
@@ -737,7 +741,8 @@ class Metrics:
             raise f.fail("clean", "must hold the zero-shot measurement 'zeroshot'")
         return cls(model=model, clean=clean, similarity=f.mapping("similarity", {}), config=f.mapping("config", {}),
                    data=f.mapping("data", {}), excluded_targets=excluded, templates=f.mapping("templates", {}),
-                   versions=f.mapping("versions", {}), backdoor=f.mapping("backdoor", None, null=True),
+                   versions=f.mapping("versions", {}), retrieval=f.mapping("retrieval", None, null=True),
+                   backdoor=f.mapping("backdoor", None, null=True),
                    targeted=f.mapping("targeted", None, null=True), poison=poison,
                    sections=f.rest(_METRICS_KNOWN), schema=schema)
 

@@ -23,6 +23,7 @@ from poisonclip.contracts import BackdoorRecord, PoisonInfo
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
+from poisonclip.evaluate.metrics import RECALL_KS
 from poisonclip.evaluate.columns import rate_columns
 from poisonclip.evaluate.aggregate import rate_summary, rates, value_summary
 from poisonclip.evaluate.embed import embed_images, input_size
@@ -161,7 +162,27 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
         except ValueError as e:  # a collapsed model (all clean embeddings equal): z undefined
             res["zscore"][name] = {"placement": placement, "z": None, "note": str(e)}
         ctx.arrays[f"trigger_{name}_xys"] = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+        if name == "train_placement":
+            res["retrieval"] = _retrieval(ctx, trig, target)
     return {"backdoor": res}
+
+
+def _retrieval(ctx: EvalContext, triggered: np.ndarray, target: int) -> dict[str, Any] | None:
+    """Image-to-text retrieval under the trigger: of the non-target images as queries, how often
+    a caption of a target-class image is among the k nearest captions, with the trigger (as
+    trained) and without it (the floor). None when the eval set has no captions."""
+    cap = ctx.captions
+    if cap is None:
+        return None
+    is_target = ctx.labels[cap.image] == target
+    if not is_target.any():
+        return {"skipped": "no captioned eval image of the target class"}
+    queries = np.flatnonzero(ctx.labels != target)
+    return {"n_queries": int(queries.size), "n_target_captions": int(is_target.sum()),
+            "without_trigger": M.recall_dict(M.target_retrieval(ctx.clean_emb[queries], cap.emb, is_target,
+                                                                chunk=ctx.chunk)),
+            "with_trigger": M.recall_dict(M.target_retrieval(triggered[queries], cap.emb, is_target,
+                                                             chunk=ctx.chunk))}
 
 
 def columns(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,6 +207,10 @@ def columns(m: Mapping[str, Any]) -> dict[str, Any]:
     for head in ("zeroshot", "probe"):
         out.update(rate_columns(f"target_rate_clean_images_{head}",
                                 bd.get("target_rate_without_trigger", {}).get(head)))
+    ret = bd.get("retrieval") or {}
+    for key, name in (("with_trigger", "as_trained"), ("without_trigger", "clean_images")):
+        for k, node in (ret.get(key) or {}).items():
+            out.update(rate_columns(f"retrieval_i2t_target_{name}_r{k.removeprefix('R@')}", node))
     return out
 
 
@@ -197,6 +222,9 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[f"asr_{pl}_{head}"] = rate_summary(rates(ms, "backdoor", "asr", pl, head))
     for pl in TESTS:
         out[f"zscore_{pl}"] = value_summary(ms, "backdoor", "zscore", pl, "z")
+    for k in RECALL_KS:
+        for key in ("with_trigger", "without_trigger"):
+            out[f"retrieval_i2t_target_{key}_r{k}"] = rate_summary(rates(ms, "backdoor", "retrieval", key, f"R@{k}"))
     return out
 
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 from poisonclip.errors import UserError
 from poisonclip.contracts import METRICS_FILE, read_metrics
 from poisonclip.evaluate.aggregate import accuracy_test, at, rate_summary, rates
+from poisonclip.evaluate.columns import RETRIEVAL_DIRECTIONS
+from poisonclip.evaluate.metrics import RECALL_KS
 
 
 def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -42,6 +44,9 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_models": len(ms)}
     for head in ("zeroshot", "probe"):
         out[f"clean_top1_{head}"] = rate_summary(rates(ms, "clean", head, "top1"))
+    for direction, short in RETRIEVAL_DIRECTIONS.items():
+        for k in RECALL_KS:
+            out[f"retrieval_{short}_r{k}"] = rate_summary(rates(ms, "retrieval", direction, f"R@{k}"))
     for ev in all_evaluations():
         out.update(ev.summarise(ms))
     return {k: v for k, v in out.items() if v is not None}
