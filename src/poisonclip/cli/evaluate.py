@@ -51,6 +51,13 @@ def _metrics_table(m: dict[str, Any]) -> Table:
             t.add_row(f"z-score, trigger {which(name, z['placement'])}",
                       f"{z['z']:.2f} ({z['mean_triggered']:.3f} vs {z['mean_clean']:.3f} "
                       f"+- {z['std_clean']:.3g})", "")
+    tb = m.get("text_backdoor")
+    if tb:
+        if "skipped" in tb:
+            t.add_row(f"text backdoor ({escape(safe_text(tb['token']))})", escape(safe_text(tb["skipped"])), "")
+        for key, name in (("with_token", "with"), ("without_token", "without")):
+            for k, rate in (tb.get(key) or {}).items():
+                t.add_row(f"caption {name} token retrieves a target image, top {k.removeprefix('R@')}", _pct(rate), "")
     tg = m.get("targeted")
     if tg:
         s = tg["summary"]

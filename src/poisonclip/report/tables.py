@@ -20,7 +20,9 @@ from poisonclip.experiments.spec import SEED_AXIS as SEED
 HEAD = "zeroshot"
 RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
                 f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe",
-                "retrieval_i2t_r1", "retrieval_t2i_r1", "retrieval_i2t_r10", "retrieval_t2i_r10"]
+                "retrieval_i2t_r1", "retrieval_t2i_r1", "retrieval_i2t_r10", "retrieval_t2i_r10",
+                "retrieval_i2t_target_as_trained_r10", "text_backdoor_t2i_target_with_token_r10",
+                "text_backdoor_t2i_target_without_token_r10"]
 VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
 TARGETS = "targeted_targets"   # a model's targets, ';'-joined (evaluate.targeted.target_ids)
 
@@ -143,10 +145,16 @@ ATTACK_ROWS: tuple[tuple[str, str | None, str], ...] = (
     ("targets classified as their label (zero-shot)", "targeted", "targeted_success_zeroshot"),
     ("targets classified as their label (probe)", "targeted", "targeted_success_probe"),
     ("mean rank of the target label (zero-shot)", "targeted", "targeted_rank_zeroshot"),
+    ("token queries retrieving a target image in the top 1", "text-backdoor", "text_backdoor_t2i_target_with_token_r1"),
+    ("token queries retrieving a target image in the top 10", "text-backdoor",
+     "text_backdoor_t2i_target_with_token_r10"),
+    ("plain queries retrieving a target image in the top 10", "text-backdoor",
+     "text_backdoor_t2i_target_without_token_r10"),
 )
 CLEAN = "clean"
 # How the table heads each column: the clean model, then each attack's poisoned model.
-COLUMN_NAMES = {CLEAN: "clean", "backdoor": "backdoored", "targeted": "targeted-poisoned"}
+COLUMN_NAMES = {CLEAN: "clean", "backdoor": "backdoored", "targeted": "targeted-poisoned",
+                "text-backdoor": "text-backdoored"}
 
 
 def column_name(column: str) -> str:
