@@ -179,6 +179,11 @@ def test_retrieval_is_measured_on_the_eval_sets_own_captions(world, tmp_path):
     base = M.target_retrieval(img[~stars], txt, stars)
     assert {k: v["k"] for k, v in bret["without_trigger"].items()} == {f"R@{k}": v.k for k, v in base.items()}
     assert all(v["n"] == 16 for v in bret["with_trigger"].values())
+    geo = m["backdoor"]["geometry"]
+    assert set(geo) == {"image", "text", "cross"}
+    assert geo["image"]["clean_to_target_images"] == pytest.approx(M.mean_cosine(img[~stars], M.centroid(img[stars])),
+                                                                  abs=1e-5)
+    assert geo["cross"]["target_text_to_target_images"] <= 1.0 and "target_captions_to_target_text" in geo["text"]
     cols = flat_metrics(m)
     assert cols["retrieval_i2t_r1_n"] == 24 and cols["retrieval_t2i_r10"] == ret["text_to_image"]["R@10"]["rate"]
     assert cols["retrieval_i2t_target_as_trained_r10_n"] == 16

@@ -48,6 +48,26 @@ def test_the_text_backdoor_runs_through_a_sweep(tmp_path):
             assert tb[key]["R@1"]["k"] <= tb[key]["R@5"]["k"] <= tb[key]["R@10"]["k"]
         assert m["retrieval"]["image_to_text"]["R@1"]["n"] == m["data"]["n_images"]
 
+        geo = tb["geometry"]
+        assert set(geo) == {"text", "image", "cross"}
+        assert all(-1.0 <= v <= 1.0 for side in geo.values() for v in side.values())
+
+    # which encoder moved: the poisoned model against the clean one of its seed
+    from poisonclip.experiments.store import EVAL_DIRS
+
+    (trial,) = (out / "trials").iterdir()
+    res_json = tmp_path / "compare.json"
+    r = runner.invoke(app, ["eval-compare", str(trial / EVAL_DIRS["poisoned"]), "--clean",
+                            str(trial / EVAL_DIRS["clean"]), "--json", str(res_json)])
+    assert r.exit_code == 0, r.output
+    assert "which encoder moved (text_backdoor; paired by seed)" in r.output
+    d = json.loads(res_json.read_text())["drift"]["text_backdoor"]
+    by_dir = {who: json.loads((trial / EVAL_DIRS[who] / "metrics.json").read_text())["text_backdoor"]["geometry"]
+              for who in ("poisoned", "clean")}
+    row = d["cross"]["token_queries_to_target_images"]
+    assert row["change"] == pytest.approx(by_dir["poisoned"]["cross"]["token_queries_to_target_images"]
+                                          - by_dir["clean"]["cross"]["token_queries_to_target_images"])
+
     table = tmp_path / "table.csv"
     r = runner.invoke(app, ["sweep", "table", str(out), "--csv", str(table)])
     assert r.exit_code == 0, r.output
@@ -55,5 +75,6 @@ def test_the_text_backdoor_runs_through_a_sweep(tmp_path):
     for who in ("poisoned", "clean"):
         assert df[f"{who}.text_backdoor_t2i_target_with_token_r10"].between(0, 1).all()
         assert df[f"{who}.retrieval_t2i_r1_n"].gt(0).all()
+        assert df[f"{who}.text_backdoor_geometry_text_token_to_plain_caption"].between(-1, 1).all()
     html = (out / "report" / "report.html").read_text(encoding="utf-8")
     assert "text_backdoor_t2i_target_with_token_r10" in html and "retrieval_t2i_r1" in html

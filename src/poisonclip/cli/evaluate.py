@@ -155,6 +155,16 @@ def compare_command(
             "significant difference" if c["significant"] else "no significant difference")
         console.print(f"clean top-1 ({head}): diff {100 * c['diff']:+.2f} points, {c['test']}, {p}: "
                       f"{verdict} at alpha={c['alpha']} -- {c['note']}")
+    for section, sec in res.get("drift", {}).items():
+        d = Table(title=f"which encoder moved ({section}; {'paired by seed' if sec['paired'] else 'unpaired means'})",
+                  title_justify="left")
+        for col in ("side", "cosine", "clean", "poisoned", "change"):
+            d.add_column(col)
+        for side in ("image", "text", "cross"):
+            for key, row in (sec.get(side) or {}).items():
+                if isinstance(row, dict):
+                    d.add_row(side, key, f"{row['clean']:.3f}", f"{row['poisoned']:.3f}", f"{row['change']:+.3f}")
+        console.print(d)
     if json_out:
         atomic_write_json(json_out, res)
 

@@ -24,7 +24,7 @@ from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.metrics import RECALL_KS
-from poisonclip.evaluate.columns import rate_columns
+from poisonclip.evaluate.columns import geometry_columns, rate_columns
 from poisonclip.evaluate.aggregate import rate_summary, rates, value_summary
 from poisonclip.evaluate.embed import embed_images, input_size
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index, malformed
@@ -164,7 +164,40 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
         ctx.arrays[f"trigger_{name}_xys"] = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
         if name == "train_placement":
             res["retrieval"] = _retrieval(ctx, trig, target)
+            res["geometry"] = geometry(ctx, trig, target)
     return {"backdoor": res}
+
+
+def geometry(ctx: EvalContext, triggered: np.ndarray, target: int) -> dict[str, Any]:
+    """Where the trigger puts images in this model, per encoder (the paper's section 3.2).
+
+    ``image``: cosines between image embeddings only (the image encoder alone): the triggered
+    non-target images to the centroid of the clean target-class images, the same images
+    without the trigger (the floor), and to their own class's centroid. ``text``: between text
+    embeddings only: the target's zero-shot text embedding to the other classes' (and, with
+    captions, the target-class captions to it). ``cross``: text to image: the target text to
+    the triggered images and to the clean target-class images. A clean and a poisoned model of
+    one seed compared (``evaluate.compare.drift``) tell which of these the poison moved.
+    """
+    labels, clean = ctx.labels, ctx.clean_emb
+    others = np.flatnonzero(labels != target)
+    if not (labels == target).any() or others.size == 0:
+        return {"skipped": "needs eval images of the target class and of other classes"}
+    mu_t = M.centroid(clean[labels == target])
+    own = np.stack([M.centroid(clean[labels == y]) for y in labels[others]])
+    w = ctx.weights
+    text = {"target_text_to_other_texts": float(np.mean(np.delete(w @ w[target], target)))}
+    if ctx.captions is not None and (ctx.labels[ctx.captions.image] == target).any():
+        text["target_captions_to_target_text"] = M.mean_cosine(
+            ctx.captions.emb[ctx.labels[ctx.captions.image] == target], w[target])
+    return {
+        "image": {"triggered_to_target_images": M.mean_cosine(triggered[others], mu_t),
+                  "clean_to_target_images": M.mean_cosine(clean[others], mu_t),
+                  "triggered_to_own_class": M.mean_paired_cosine(triggered[others], own)},
+        "text": text,
+        "cross": {"target_text_to_triggered": M.mean_cosine(triggered[others], w[target]),
+                  "target_text_to_target_images": M.mean_cosine(clean[labels == target], w[target])},
+    }
 
 
 def _retrieval(ctx: EvalContext, triggered: np.ndarray, target: int) -> dict[str, Any] | None:
@@ -211,6 +244,7 @@ def columns(m: Mapping[str, Any]) -> dict[str, Any]:
     for key, name in (("with_trigger", "as_trained"), ("without_trigger", "clean_images")):
         for k, node in (ret.get(key) or {}).items():
             out.update(rate_columns(f"retrieval_i2t_target_{name}_r{k.removeprefix('R@')}", node))
+    out.update(geometry_columns("geometry", bd.get("geometry")))
     return out
 
 

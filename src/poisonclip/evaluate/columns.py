@@ -33,6 +33,14 @@ def retrieval_columns(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def geometry_columns(prefix: str, geometry: Any) -> dict[str, Any]:
+    """An attack's encoder geometry ({side: {name: cosine}}) as ``<prefix>_<side>_<name>`` cells."""
+    if not isinstance(geometry, Mapping):
+        return {}
+    return {f"{prefix}_{side}_{name}": v for side, node in geometry.items() if isinstance(node, Mapping)
+            for name, v in node.items()}
+
+
 def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
     """The evaluator's metrics.json -> the sweep table's columns; non-finite numbers -> None."""
     from poisonclip.evaluate.hooks import all_evaluations

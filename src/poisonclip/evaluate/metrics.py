@@ -333,3 +333,31 @@ def target_retrieval(query_emb: np.ndarray, cand_emb: np.ndarray, cand_is_target
 def recall_dict(rates: dict[int, Rate]) -> dict[str, Any]:
     """``{"R@1": rate, ...}`` as metrics.json writes it."""
     return {f"R@{k}": r.to_dict() for k, r in sorted(rates.items())}
+
+
+# --- encoder geometry (which encoder a poison moved: section 3.2) ----------------------------
+
+def centroid(emb: np.ndarray) -> np.ndarray:
+    """The unit-length mean direction of a set of embeddings (each normalised first)."""
+    e = _normalise(emb, np.float64)
+    if e.shape[0] == 0:
+        raise ValueError("the centroid of no embeddings is undefined")
+    m = e.mean(axis=0)
+    n = np.linalg.norm(m)
+    if n == 0:
+        raise ValueError("the embeddings cancel out; their centroid is undefined")
+    return m / n
+
+
+def mean_cosine(emb: np.ndarray, direction: np.ndarray) -> float:
+    """Mean cosine of each embedding to one direction (both normalised)."""
+    d = np.asarray(direction, dtype=np.float64).reshape(1, -1)
+    return float((_normalise(emb, np.float64) @ _normalise(d, np.float64)[0]).mean())
+
+
+def mean_paired_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of row i of ``a`` to row i of ``b``."""
+    a, b = _normalise(a, np.float64), _normalise(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(np.mean(np.sum(a * b, axis=1)))

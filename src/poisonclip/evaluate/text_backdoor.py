@@ -21,7 +21,7 @@ from poisonclip.contracts import PoisonInfo
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.evaluate import metrics as M
 from poisonclip.evaluate.aggregate import rate_summary, rates, value_summary
-from poisonclip.evaluate.columns import rate_columns
+from poisonclip.evaluate.columns import geometry_columns, rate_columns
 from poisonclip.evaluate.embed import embed_texts
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index, malformed
 
@@ -75,8 +75,33 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
         "target_text_cosine": {"with_token": float(np.mean(emb_token @ w)),
                                "without_token": float(np.mean(emb_plain @ w))},
         "example_query": with_token[0],
+        "geometry": geometry(ctx, emb_token, emb_plain, is_target, prepared.target),
     })
     return {SECTION: res}
+
+
+def geometry(ctx: EvalContext, token: np.ndarray, plain: np.ndarray, is_target: np.ndarray,
+             target: int) -> dict[str, Any]:
+    """Where the token puts captions in this model, per encoder (the paper's section 3.2).
+
+    ``text`` (text encoder alone): each caption with the token to itself without it, and the
+    token and plain captions to the target's zero-shot text embedding. ``image`` (image
+    encoder alone): the target-class images to their centroid (how tight the concept is) and
+    the other images to it. ``cross``: the captions with and without the token to the
+    centroid of the target-class images. Compared between a clean and a poisoned model of one
+    seed by ``evaluate.compare.drift``.
+    """
+    mu_t = M.centroid(ctx.clean_emb[is_target])
+    w = ctx.weights[target]
+    return {
+        "text": {"token_to_plain_caption": M.mean_paired_cosine(token, plain),
+                 "token_queries_to_target_text": M.mean_cosine(token, w),
+                 "plain_queries_to_target_text": M.mean_cosine(plain, w)},
+        "image": {"target_images_to_target_centroid": M.mean_cosine(ctx.clean_emb[is_target], mu_t),
+                  "other_images_to_target_centroid": M.mean_cosine(ctx.clean_emb[~is_target], mu_t)},
+        "cross": {"token_queries_to_target_images": M.mean_cosine(token, mu_t),
+                  "plain_queries_to_target_images": M.mean_cosine(plain, mu_t)},
+    }
 
 
 def columns(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,6 +115,7 @@ def columns(m: Mapping[str, Any]) -> dict[str, Any]:
         cos = (sec.get("target_text_cosine") or {}).get(key)
         if cos is not None:
             out[f"text_backdoor_target_cosine_{key}"] = cos
+    out.update(geometry_columns("text_backdoor_geometry", sec.get("geometry")))
     return out
 
 
