@@ -584,6 +584,8 @@ class RunInfo:
     dataset_sha256: str | None = None
     poison_json: str | None = None       # the poisoned folder's poison.json, if it trained on one
     poison_json_sha256: str | None = None
+    init: str | None = None              # fine-tuning: the checkpoint training started from (absolute)
+    init_sha256: str | None = None
     wall_time_s: float | None = None
     samples_per_s: float | None = None
     train_time_s: float | None = None
@@ -604,14 +606,14 @@ class RunInfo:
         return p if p.is_absolute() or self.path is None else self.path.parent / p
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return _without_none(_jsonable(self), ("init", "init_sha256"))   # only fine-tuned runs have them
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = f"<{RUN_INFO_FILE}>") -> "RunInfo":
         f = _fields(where, data, _RUN)
         ints = ("seed", "epochs", "steps", "batch_size", "world_size", "num_samples", "resumed_from_epoch")
         texts = ("device", "precision", "preset", "data", "data_origin", "dataset_type", "train_data",
-                 "dataset_sha256", "poison_json", "poison_json_sha256", "config", "log")
+                 "dataset_sha256", "poison_json", "poison_json_sha256", "init", "init_sha256", "config", "log")
         floats = ("wall_time_s", "samples_per_s", "train_time_s")
         curve = f.get("loss_curve", "a list of numbers",
                       lambda v: isinstance(v, list) and all(_is_int(x) or isinstance(x, float) for x in v), [])
