@@ -184,7 +184,8 @@ def geometry(ctx: EvalContext, triggered: np.ndarray, target: int) -> dict[str, 
     if not (labels == target).any() or others.size == 0:
         return {"skipped": "needs eval images of the target class and of other classes"}
     mu_t = M.centroid(clean[labels == target])
-    own = np.stack([M.centroid(clean[labels == y]) for y in labels[others]])
+    centroids = {int(y): M.centroid(clean[labels == y]) for y in np.unique(labels[others])}
+    own = np.stack([centroids[int(y)] for y in labels[others]])
     w = ctx.weights
     text = {"target_text_to_other_texts": float(np.mean(np.delete(w @ w[target], target)))}
     if ctx.captions is not None and (ctx.labels[ctx.captions.image] == target).any():

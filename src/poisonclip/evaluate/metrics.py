@@ -305,10 +305,10 @@ def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np
     if min(ks) <= 0:
         raise ValueError(f"k must be positive, got {ks}")
     with_text = np.unique(text_image)
-    own = np.zeros((n_img, n_txt), dtype=bool)
-    own[text_image, np.arange(n_txt)] = True
-    i2t = _top_hits(image_emb[with_text], text_emb, lambda r: own[with_text[r]], ks, chunk)
-    t2i = _top_hits(text_emb, image_emb, lambda r: own.T[r], ks, chunk)
+    images = np.arange(n_img)
+    # positives built per chunk of queries: memory O(chunk x n), never the whole n x n matrix
+    i2t = _top_hits(image_emb[with_text], text_emb, lambda r: text_image[None, :] == with_text[r][:, None], ks, chunk)
+    t2i = _top_hits(text_emb, image_emb, lambda r: images[None, :] == text_image[r][:, None], ks, chunk)
     return {"image_to_text": {k: Rate(int(v.sum()), int(v.size)) for k, v in i2t.items()},
             "text_to_image": {k: Rate(int(v.sum()), int(v.size)) for k, v in t2i.items()}}
 
