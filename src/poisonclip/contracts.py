@@ -594,6 +594,8 @@ class RunInfo:
     dataset_sha256: str | None = None
     poison_json: str | None = None       # the poisoned folder's poison.json, if it trained on one
     poison_json_sha256: str | None = None
+    init: str | None = None              # fine-tuning: the checkpoint training started from (absolute)
+    init_sha256: str | None = None
     wall_time_s: float | None = None
     samples_per_s: float | None = None
     train_time_s: float | None = None
@@ -614,14 +616,14 @@ class RunInfo:
         return p if p.is_absolute() or self.path is None else self.path.parent / p
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return _without_none(_jsonable(self), ("init", "init_sha256"))   # only fine-tuned runs have them
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = f"<{RUN_INFO_FILE}>") -> "RunInfo":
         f = _fields(where, data, _RUN)
         ints = ("seed", "epochs", "steps", "batch_size", "world_size", "num_samples", "resumed_from_epoch")
         texts = ("device", "precision", "preset", "data", "data_origin", "dataset_type", "train_data",
-                 "dataset_sha256", "poison_json", "poison_json_sha256", "config", "log")
+                 "dataset_sha256", "poison_json", "poison_json_sha256", "init", "init_sha256", "config", "log")
         floats = ("wall_time_s", "samples_per_s", "train_time_s")
         curve = f.get("loss_curve", "a list of numbers",
                       lambda v: isinstance(v, list) and all(_is_int(x) or isinstance(x, float) for x in v), [])
@@ -685,7 +687,7 @@ class PoisonRef:
 
 
 _METRICS_KNOWN = ("schema_version", "schema", "config", "model", "data", "excluded_targets", "templates",
-                  "versions", "clean", "similarity", "backdoor", "targeted", "poison")
+                  "versions", "clean", "similarity", "retrieval", "backdoor", "targeted", "poison")
 
 
 @dataclass(frozen=True)
@@ -696,6 +698,9 @@ class Metrics:
     * ``clean``: ``{"zeroshot": {"top1": rate}, "probe": {"top1": rate, "n_train", "n_test",
       "train_set", ...}}`` (probe only when one was trained);
     * ``similarity``: ``{"clean": {"mean", "std", "n_pairs"}, "arrays": "similarities.npz"}``;
+    * ``retrieval`` (when measured): clean recall on the eval set's own captions,
+      ``image_to_text`` / ``text_to_image`` -> ``{"R@1", "R@5", "R@10"}`` rates, with
+      ``caption_key``, ``n_images``, ``n_texts``; or ``{"skipped": reason}`` for a set without captions;
     * ``backdoor`` (poison with a trigger): ``target_label``, ``asr.<placement>.<head>`` rates,
       ``zscore.<placement>`` (``z``, ``mean_triggered``, ...), ``target_rate_without_trigger``;
       placements ``train_placement``, ``random`` and (for random-placed poisons) ``corner``;
@@ -716,6 +721,7 @@ class Metrics:
     config: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
     excluded_targets: ExcludedTargets = ExcludedTargets()
+    retrieval: Mapping[str, Any] | None = None
     templates: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     backdoor: Mapping[str, Any] | None = None
@@ -729,7 +735,7 @@ class Metrics:
     def to_json(self) -> dict[str, Any]:
         d = _jsonable(self)
         sections = d.pop("sections")
-        return {**_without_none(d, ("backdoor", "targeted", "poison")), **sections}
+        return {**_without_none(d, ("retrieval", "backdoor", "targeted", "poison")), **sections}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = f"<{METRICS_FILE}>") -> "Metrics":
@@ -752,7 +758,8 @@ class Metrics:
             raise f.fail("clean", "must hold the zero-shot measurement 'zeroshot'")
         return cls(model=model, clean=clean, similarity=f.mapping("similarity", {}), config=f.mapping("config", {}),
                    data=f.mapping("data", {}), excluded_targets=excluded, templates=f.mapping("templates", {}),
-                   versions=f.mapping("versions", {}), backdoor=f.mapping("backdoor", None, null=True),
+                   versions=f.mapping("versions", {}), retrieval=f.mapping("retrieval", None, null=True),
+                   backdoor=f.mapping("backdoor", None, null=True),
                    targeted=f.mapping("targeted", None, null=True), poison=poison,
                    sections=f.rest(_METRICS_KNOWN), schema=schema)
 

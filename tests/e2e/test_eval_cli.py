@@ -151,6 +151,61 @@ def test_same_inputs_give_byte_identical_outputs(world, tmp_path):
     assert a == b and "probe" not in a["clean"]
 
 
+def test_retrieval_is_measured_on_the_eval_sets_own_captions(world, tmp_path):
+    from poisonclip.evaluate import metrics as M
+    from poisonclip.evaluate.columns import flat_metrics
+    from poisonclip.evaluate.embed import embed_images, embed_texts, load_model
+
+    r = _eval(world, tmp_path / "m", "--run", str(world / "run"), "--poison", str(world / "poison-bd"), "--no-probe")
+    assert r.exit_code == 0, r.output
+    assert "image-to-text R@1" in r.output
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    ret = m["retrieval"]
+    assert (ret["caption_key"], ret["n_images"], ret["n_texts"]) == ("title", 24, 24)
+    # the same numbers from the model's own embeddings of the table's images and captions
+    lm = load_model("eval-tiny", world / "run" / "checkpoints" / "epoch_1.pt")
+    from poisonclip.data.evalset import load_labelled
+    ls = load_labelled(world / "data" / "test.tsv")
+    img = embed_images(lm, (s.decode() for s in ls.samples))
+    txt = embed_texts(lm, [s.meta["title"] for s in ls.samples])
+    want = M.retrieval_recall(img, txt, np.arange(24))
+    for direction in ("image_to_text", "text_to_image"):
+        assert {k: (v["k"], v["n"]) for k, v in ret[direction].items()} == \
+               {f"R@{k}": (v.k, v.n) for k, v in want[direction].items()}
+    # the backdoor's retrieval: the 16 non-star images as queries, the 8 star captions as targets
+    bret = m["backdoor"]["retrieval"]
+    assert (bret["n_queries"], bret["n_target_captions"]) == (16, 8)
+    stars = np.array([s.meta["label"] == 2 for s in ls.samples])
+    base = M.target_retrieval(img[~stars], txt, stars)
+    assert {k: v["k"] for k, v in bret["without_trigger"].items()} == {f"R@{k}": v.k for k, v in base.items()}
+    assert all(v["n"] == 16 for v in bret["with_trigger"].values())
+    geo = m["backdoor"]["geometry"]
+    assert set(geo) == {"image", "text", "cross"}
+    assert geo["image"]["clean_to_target_images"] == pytest.approx(M.mean_cosine(img[~stars], M.centroid(img[stars])),
+                                                                  abs=1e-5)
+    assert geo["cross"]["target_text_to_target_images"] <= 1.0 and "target_captions_to_target_text" in geo["text"]
+    cols = flat_metrics(m)
+    assert cols["retrieval_i2t_r1_n"] == 24 and cols["retrieval_t2i_r10"] == ret["text_to_image"]["R@10"]["rate"]
+    assert cols["retrieval_i2t_target_as_trained_r10_n"] == 16
+
+    r = _eval(world, tmp_path / "off", "--run", str(world / "run"), "--no-probe", "--no-retrieval")
+    assert r.exit_code == 0, r.output
+    assert "retrieval" not in json.loads((tmp_path / "off" / "metrics.json").read_text())
+
+
+def test_an_eval_set_without_captions_records_why_retrieval_was_skipped(world, tmp_path):
+    folder = tmp_path / "folder"
+    for i, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        for j in range(2):
+            _image(np.random.default_rng([i, j]), i).save(folder / name / f"{j}.png")
+    r = runner.invoke(app, ["eval", "--data", str(folder), "--out", str(tmp_path / "m"), "--run", str(world / "run"),
+                            "--templates", str(world / "templates.txt"), "--no-probe"])
+    assert r.exit_code == 0, r.output
+    ret = json.loads((tmp_path / "m" / "metrics.json").read_text())["retrieval"]
+    assert set(ret) == {"skipped"} and "'title'" in ret["skipped"]
+
+
 def test_random_placement_poisons_are_also_tested_at_the_corner(world, tmp_path):
     r = _eval(world, tmp_path / "r", "--run", str(world / "run"), "--poison", str(world / "poison-rnd"),
               "--no-probe")

@@ -117,3 +117,19 @@ def test_list_command():
     r = _run("list", "detectors")
     assert r.exit_code == 0 and "phash" in r.output and "shared-patch" in r.output and "checkerboard" not in r.output
     assert "image-caption-similarity" in _run("list").output
+
+
+def test_text_backdoor_command_writes_the_folder_and_names_bad_flags(tiny, tmp_path):
+    from tests.cli_errors import one_line_error
+
+    r = _run("poison", "text-backdoor", tiny.csv, "--out", tmp_path / "o", "--label", "moon", "--n-poisons", 3,
+             "--token", "zq", "--position", "start")
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "o" / "poison.json").read_text())
+    assert info["attack"] == "text-backdoor" and info["n_poisons"] == 3
+    assert info["text_backdoor"]["token"] == "zq" and info["text_backdoor"]["position"] == "start"
+    one_line_error(_run("poison", "text-backdoor", tiny.csv, "--out", tmp_path / "p", "--label", "moon",
+                        "--n-poisons", 3, "--token", "two words"), "--token", "one word")
+    one_line_error(_run("poison", "text-backdoor", tiny.csv, "--out", tmp_path / "p", "--label", "moon",
+                        "--n-poisons", 3, "--caption-source", "mine"), "--caption-source")
+    assert not (tmp_path / "p").exists()

@@ -20,7 +20,7 @@ def test_builtins_are_registered_under_their_names():
 
 
 def test_listing_by_kind_and_pattern():
-    assert [e.name for e in list_registered("attacks")] == ["backdoor", "targeted"]
+    assert [e.name for e in list_registered("attacks")] == ["backdoor", "targeted", "text-backdoor"]
     assert [e.name for e in list_registered("captions", "t*")] == ["templates"]
     kinds = {e.kind for e in list_registered()}
     assert kinds == {"attack", "trigger", "caption set"}
@@ -28,7 +28,7 @@ def test_listing_by_kind_and_pattern():
 
 
 def test_unknown_names_are_user_errors():
-    with pytest.raises(UserError, match="unknown attack 'nope'; known: backdoor, targeted"):
+    with pytest.raises(UserError, match="unknown attack 'nope'; known: backdoor, targeted, text-backdoor"):
         ATTACKS.get("nope")
     with pytest.raises(UserError, match="unknown kind"):
         list_registered("models")

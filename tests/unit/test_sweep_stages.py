@@ -170,3 +170,37 @@ def test_a_bad_setting_is_named_by_its_spec_key(synth_entry, tmp_path):
     assert not (tmp_path / "p").exists()
     with pytest.raises(UserError, match=r"^sweep spec: train\.model: resnet9000: unknown model"):
         S.link({"poison": {"target_label": "circle", "n_poisons": 2}, "train": {"model": "resnet9000"}})
+
+
+def test_fine_tuning_starts_from_the_clean_model_a_from_scratch_trial_trains():
+    from poisonclip.experiments.spec import parse_spec
+    from poisonclip.experiments.stages import finetune_config, pretrain_config
+
+    spec = parse_spec({"name": "ft", "corpus": {"n_train": 100},
+                       "poison": {"target_label": "circle", "n_poisons": 5},
+                       "train": {"model": "poisonclip-test", "epochs": 3, "lr": 0.002, "finetune_lr": 1e-4},
+                       "grid": {"train.finetune_epochs": [0, 1], "seed": [0, 1]}})
+    by_name = {t.name: t for t in expand(spec, S.resolve)}
+    scratch, ft = by_name["finetune_epochs=0__seed=0"], by_name["finetune_epochs=1__seed=0"]
+    assert scratch.keys.pretrain is None and not [k for k in scratch.config["train"] if k.startswith("finetune")]
+    assert ft.config["train"]["finetune_epochs"] == 1 and ft.config["train"]["finetune_lr"] == 1e-4
+    # the model fine-tuning starts from is the clean control of the from-scratch trial of its seed
+    assert ft.keys.pretrain == scratch.keys.clean_model != by_name["finetune_epochs=1__seed=1"].keys.pretrain
+    assert pretrain_config(ft.config["train"]) == scratch.config["train"]
+    assert len({scratch.keys.model, ft.keys.model, ft.keys.clean_model, scratch.keys.clean_model}) == 4
+    tune = finetune_config(ft.config["train"], "/x/run")
+    assert (tune["epochs"], tune["lr"], tune["warmup"], tune["init"]) == (1, 1e-4, scratch.config["train"]["warmup"],
+                                                                          "/x/run")
+    assert not [k for k in tune if k.startswith("finetune")]
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"finetune_epochs": -1}, r"train\.finetune_epochs: must be a whole number"),
+    ({"finetune_epochs": 1.5}, r"train\.finetune_epochs"),
+    ({"finetune_epochs": 1, "finetune_lr": 0}, r"train\.finetune_lr: must be a positive"),
+    ({"finetune_epochs": 1, "finetune_warmup": -2}, r"train\.finetune_warmup"),
+    ({"finetune_epochs": 1, "init": "/x.pt"}, r"train\.init: give either"),
+])
+def test_bad_fine_tuning_settings_are_named_by_their_spec_key(cfg, message):
+    with pytest.raises(UserError, match=message):
+        S.resolve("train", {"model": "poisonclip-test", **cfg})

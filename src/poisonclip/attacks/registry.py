@@ -37,6 +37,7 @@ _BUILTIN_MODULES = (
     "poisonclip.attacks.captions",
     "poisonclip.attacks.backdoor",
     "poisonclip.attacks.targeted",
+    "poisonclip.attacks.text_backdoor",
 )
 
 
@@ -224,6 +225,14 @@ def stamp_trigger(name: str, image: Any, patch_size: int | None, placement: str,
         where = triggers.place(image.size, side, placement, rng)
     kwargs = {k: params[k] for k in traits.params if params is not None and k in params and params[k] is not None}
     return fn(image, where, **kwargs), where
+
+
+def insert_trigger_token(caption: str, token: str, position: str, rng: Any = None) -> str:
+    """``caption`` with a text backdoor's trigger ``token`` inserted (``attacks.tokens``): the
+    one caption transform the poisons were written with and the evaluator queries with."""
+    from poisonclip.attacks.tokens import insert_token
+
+    return insert_token(caption, token, position, rng)
 
 
 def placements() -> tuple[str, ...]:

@@ -31,8 +31,11 @@ class SourceDraw:
 def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
                  excluded: frozenset[str] = frozenset(), label_key: str = "label",
                  fmt: CsvFormat = CsvFormat(), pool_factor: float = 4.0,
-                 report: SkipReport | None = None, need_caption: bool = True) -> SourceDraw:
-    """Draw ``n`` different readable images whose label is not in ``excluded``.
+                 report: SkipReport | None = None, need_caption: bool = True,
+                 only: frozenset[str] | None = None) -> SourceDraw:
+    """Draw ``n`` different readable images whose label is not in ``excluded`` (and, with
+    ``only``, is one of ``only``: a text backdoor's images of the target class; a sample
+    without a label then counts as excluded).
 
     Reservoir sampling (Algorithm R) over the eligible samples keeps memory at ``n`` images.
     CSV tables are streamed whole. WebDataset shards are visited in a seeded random order
@@ -41,7 +44,7 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
     visits every shard (uniform over the whole dataset). Images are decoded only when they
     enter the reservoir; unreadable ones are skipped and counted.
     """
-    draw = _draw(source, n, rng, excluded, label_key, fmt, pool_factor, need_caption)
+    draw = _draw(source, n, rng, excluded, label_key, fmt, pool_factor, need_caption, only)
     if report is not None:
         # The caller's report may already hold a caption search over the same rows: per
         # reason, keep the larger count, so a row met by both passes counts once.
@@ -50,14 +53,16 @@ def draw_sources(source: str | os.PathLike, n: int, rng: np.random.Generator,
 
 
 def _draw(source: str | os.PathLike, n: int, rng: np.random.Generator, excluded: frozenset[str],
-          label_key: str, fmt: CsvFormat, pool_factor: float, need_caption: bool) -> SourceDraw:
+          label_key: str, fmt: CsvFormat, pool_factor: float, need_caption: bool,
+          only: frozenset[str] | None = None) -> SourceDraw:
     report = SkipReport()
     reservoir: list[Sample] = []
     seen = n_excl = 0
 
     def offer(label: object, load: Callable[[], Sample | None]) -> None:
         nonlocal seen, n_excl
-        if label is not None and str(label) in excluded:
+        if (label is not None and str(label) in excluded) or \
+                (only is not None and (label is None or str(label) not in only)):
             n_excl += 1
             return
         seen += 1

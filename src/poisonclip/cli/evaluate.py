@@ -28,6 +28,10 @@ def _metrics_table(m: dict[str, Any]) -> Table:
     t.add_column("linear probe (95% CI)")
     clean = m["clean"]
     t.add_row("clean top-1", _pct(clean["zeroshot"]["top1"]), _pct(clean.get("probe", {}).get("top1")))
+    ret = m.get("retrieval") or {}
+    for direction, name in (("image_to_text", "image-to-text"), ("text_to_image", "text-to-image")):
+        for key, rate in (ret.get(direction) or {}).items():
+            t.add_row(f"{name} {key}", _pct(rate), "")
     bd = m.get("backdoor")
     if bd:
         def which(name: str, placement: str) -> str:
@@ -35,6 +39,9 @@ def _metrics_table(m: dict[str, Any]) -> Table:
 
         for name, a in bd["asr"].items():
             t.add_row(f"ASR, trigger {which(name, a['placement'])}", _pct(a["zeroshot"]), _pct(a.get("probe")))
+        for key, name in (("with_trigger", "with"), ("without_trigger", "without")):
+            for k, rate in ((bd.get("retrieval") or {}).get(key) or {}).items():
+                t.add_row(f"  target caption in image-to-text top {k.removeprefix('R@')}, {name} trigger", _pct(rate), "")
         base = bd["target_rate_without_trigger"]
         t.add_row("  as target without trigger", _pct(base["zeroshot"]), _pct(base.get("probe")))
         for name, z in bd["zscore"].items():
@@ -44,6 +51,13 @@ def _metrics_table(m: dict[str, Any]) -> Table:
             t.add_row(f"z-score, trigger {which(name, z['placement'])}",
                       f"{z['z']:.2f} ({z['mean_triggered']:.3f} vs {z['mean_clean']:.3f} "
                       f"+- {z['std_clean']:.3g})", "")
+    tb = m.get("text_backdoor")
+    if tb:
+        if "skipped" in tb:
+            t.add_row(f"text backdoor ({escape(safe_text(tb['token']))})", escape(safe_text(tb["skipped"])), "")
+        for key, name in (("with_token", "with"), ("without_token", "without")):
+            for k, rate in (tb.get(key) or {}).items():
+                t.add_row(f"caption {name} token retrieves a target image, top {k.removeprefix('R@')}", _pct(rate), "")
     tg = m.get("targeted")
     if tg:
         s = tg["summary"]
@@ -68,6 +82,8 @@ def eval_command(
     probe_train: Annotated[Optional[Path], typer.Option(help="Labelled set to train the probe on (default: a per-class split of --data).")] = None,
     probe_fraction: Annotated[float, typer.Option(help="Share of --data that trains the probe when --probe-train is not given.")] = 0.5,
     probe_c: Annotated[Optional[list[float]], typer.Option("--probe-c", help="Inverse regularisation strengths to try (repeatable; default 1e-2..1e4).")] = None,
+    retrieval: Annotated[bool, typer.Option(help="Measure image-to-text and text-to-image recall@1/5/10 on the eval set's own captions.")] = True,
+    caption_key: Annotated[str, typer.Option(help="Caption column of the eval table (retrieval).")] = "title",
     seed: Annotated[int, typer.Option(help="Seed for random trigger positions and the probe split.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
@@ -85,7 +101,8 @@ def eval_command(
     cfg = EvalConfig(data=data, out=out, run=run, model=model, checkpoint=checkpoint, classnames=classnames,
                      templates=templates, poison=poison, probe=probe, probe_train=probe_train,
                      probe_fraction=probe_fraction, probe_cs=tuple(probe_c) if probe_c else DEFAULT_CS,
-                     seed=seed, batch_size=batch_size, device=device, overwrite=overwrite)
+                     seed=seed, batch_size=batch_size, device=device, overwrite=overwrite,
+                     retrieval=retrieval, caption_key=caption_key)
     with console.status("evaluating") as status:
         m = evaluate(cfg, progress=lambda msg: status.update(msg))
     console.print(_metrics_table(m))
@@ -138,11 +155,21 @@ def compare_command(
             "significant difference" if c["significant"] else "no significant difference")
         console.print(f"clean top-1 ({head}): diff {100 * c['diff']:+.2f} points, {c['test']}, {p}: "
                       f"{verdict} at alpha={c['alpha']} -- {c['note']}")
+    for section, sec in res.get("drift", {}).items():
+        d = Table(title=f"which encoder moved ({section}; {'paired by seed' if sec['paired'] else 'unpaired means'})",
+                  title_justify="left")
+        for col in ("side", "cosine", "clean", "poisoned", "change"):
+            d.add_column(col)
+        for side in ("image", "text", "cross"):
+            for key, row in (sec.get(side) or {}).items():
+                if isinstance(row, dict):
+                    d.add_row(side, key, f"{row['clean']:.3f}", f"{row['poisoned']:.3f}", f"{row['change']:+.3f}")
+        console.print(d)
     if json_out:
         atomic_write_json(json_out, res)
 
 
 def register(root: App) -> None:
     """Add this stage's commands to the root app."""
-    root.command("eval", flags={"probe_cs": "--probe-c", "probe": "--no-probe"})(eval_command)
+    root.command("eval", flags={"probe_cs": "--probe-c", "probe": "--no-probe", "retrieval": "--no-retrieval"})(eval_command)
     root.command("eval-compare")(compare_command)

@@ -173,6 +173,44 @@ def backdoor(
     _summary(result)
 
 
+@app.command("text-backdoor")
+def text_backdoor(
+    data: Annotated[str, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option(help=_OUT_HELP)],
+    label: Annotated[str, typer.Option(help="Target concept: the poisons' images are DATA's images of this label.")],
+    n_poisons: Annotated[int, typer.Option(help="Number of poisoned samples to inject.")],
+    token: Annotated[str, typer.Option(help="The trigger word put into every poison caption (rare; letters and digits).")] = "cf",
+    position: Annotated[str, typer.Option(help="Where the token goes in a caption: random (a word boundary), start, end.")] = "random",
+    caption_source: Annotated[str, typer.Option(
+        help="other: captions of samples not of the label (the token is all they share); own: each image's own caption.")] = "other",
+    pool_factor: Annotated[float, typer.Option(
+        help="WebDataset: read random shards until this many times --n-poisons eligible images were seen; 0 = all.")] = 4.0,
+    seed: Seed = 0,
+    classnames: Classnames = None,
+    no_classnames: NoClassnames = False,
+    label_key: LabelKey = "label",
+    img_key: ImgKey = "filepath",
+    caption_key: CaptionKey = "title",
+    csv_sep: CsvSep = None,
+    poison_shards: PoisonShards = None,
+    shard_prefix: ShardPrefix = "poison-",
+    overwrite: Overwrite = False,
+) -> None:
+    """Text backdoor: DATA's images of the label, captioned with a rare trigger token (retrieved by it)."""
+    from poisonclip.attacks.api import poison
+    from poisonclip.attacks.text_backdoor import TextBackdoorConfig
+
+    cfg = TextBackdoorConfig(
+        data=data, out=str(out), target_label=label, n_poisons=n_poisons, token=token, position=position,
+        caption_source=caption_source, seed=seed, classnames=str(classnames) if classnames else None,
+        no_classnames=no_classnames, label_key=label_key, pool_factor=pool_factor, img_key=img_key,
+        caption_key=caption_key, csv_sep=_sep(csv_sep), poison_shards=poison_shards, shard_prefix=shard_prefix,
+        overwrite=overwrite)
+    with console.status("poisoning..."):
+        result = poison(cfg)
+    _summary(result)
+
+
 def _per_target(name: str, values: list, n_targets: int, random_targets: int) -> list:
     if len(values) == 1:
         return values * n_targets

@@ -41,6 +41,9 @@ def train_cmd(
                                                             "crop, the cpu-tiny default; open_clip's: 0.9).")] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="open_clip precision (fp32 on CPU).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loader workers per process.")] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Fine-tune: start from this local checkpoint (.pt/.safetensors, or a run folder of `poisonclip train`) "
+             "instead of random weights; it must fit --model. Nothing is downloaded.")] = None,
     seed: Annotated[int, typer.Option(help="Seed; same seed and data give the same loss curve on CPU.")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per training process (default: all "
                                                         "cores; 1 when other jobs share the cores).")] = None,
@@ -63,7 +66,7 @@ def train_cmd(
     verbose: Annotated[bool, typer.Option(help="Echo everything the trainer prints.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Check everything, print the command, do not train.")] = False,
 ) -> None:
-    """Train CLIP from scratch with open_clip's own trainer (CPU, GPUs, or several nodes).
+    """Train CLIP with open_clip's own trainer (CPU, GPUs, or several nodes), from scratch or (--init) fine-tuning a checkpoint.
 
     Arguments after `--` go to open_clip_train unchanged, e.g. `-- --grad-clip-norm 1.0`.
     """
@@ -78,7 +81,7 @@ def train_cmd(
         seed=seed, threads=threads, gpus=gpus, nodes=nodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
         rdzv_id=rdzv_id, rdzv_backend=rdzv_backend, cpu_procs=cpu_procs, resume=resume,
         overwrite=overwrite, keep_checkpoints=keep_checkpoints, hash_data=hash_data,
-        img_key=img_key, caption_key=caption_key, extra_args=tuple(ctx.args))
+        img_key=img_key, caption_key=caption_key, extra_args=tuple(ctx.args), init=str(init) if init else None)
     if dry_run:
         d, place, cmd, steps = prepare(cfg)
         console.print(f"{d.num_samples} samples ({d.dataset_type}), {steps} steps/epoch, "

@@ -28,8 +28,8 @@ from poisonclip.data.evalset import LabelledSet, load_labelled
 from poisonclip.data.sample import SkipReport
 from poisonclip.errors import SettingError, UserError
 from poisonclip.evaluate import metrics as M
-from poisonclip.evaluate.embed import embed_images, load_model, resolve_run
-from poisonclip.evaluate.hooks import EvalContext, HeldOut, attack_evaluation
+from poisonclip.evaluate.embed import embed_images, embed_texts, load_model, resolve_run
+from poisonclip.evaluate.hooks import Captions, EvalContext, HeldOut, attack_evaluation
 from poisonclip.evaluate.probe import DEFAULT_CS, ProbeConfig, fit_probe, stratified_split
 from poisonclip.evaluate.zeroshot import classifier_weights, load_templates, zeroshot_scores
 from poisonclip.io_utils import same_path, sha256_bytes, sha256_file
@@ -61,6 +61,8 @@ class EvalConfig:
     device: str = "cpu"
     chunk: int = 2048                       # rows per block of the all-pairs similarity products
     n_bins: int = 200                       # histogram bins over cosine [-1, 1]
+    retrieval: bool = True                  # image<->text recall@k on the eval set's own captions
+    caption_key: str = "title"              # the eval table's caption column (retrieval)
     overwrite: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +149,8 @@ def _validate(cfg: EvalConfig) -> None:
         raise SettingError("probe_fraction", f"must be between 0 and 1, got {cfg.probe_fraction}")
     if not 0 < cfg.probe_val_fraction < 1:
         raise SettingError("probe_val_fraction", f"must be between 0 and 1, got {cfg.probe_val_fraction}")
+    if cfg.retrieval and not cfg.caption_key.strip():
+        raise SettingError("caption_key", "is empty; name the eval table's caption column (default 'title')")
     for name in ("batch_size", "chunk", "n_bins"):
         if getattr(cfg, name) <= 0:
             raise SettingError(name, f"must be positive, got {getattr(cfg, name)}")
@@ -264,11 +268,16 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                                       "n_pairs": clean_pairs.n_pairs},
                             "arrays": SIMILARITIES_FILE}
 
+    captions = retrieval = None
+    if cfg.retrieval:
+        captions, retrieval = _retrieval(lm, ls, clean_emb, cfg, say)
+        result["retrieval"] = retrieval
+
     if poison is not None and attack is not None:
         ctx = EvalContext(model=lm, images=ls, labels=labels, classnames=tuple(classnames), weights=weights,
                           zeroshot_clean=zs_clean, clean_emb=clean_emb, clean_pairs=clean_pairs, edges=edges,
                           probe=probe, probe_idx=probe_idx, seed=cfg.seed, batch_size=cfg.batch_size,
-                          chunk=cfg.chunk, arrays=arrays, say=say)
+                          chunk=cfg.chunk, arrays=arrays, say=say, captions=captions)
         result.update(attack.measure(ctx, prepared))
         result["poison"] = {"path": str(Path(str(poison.path)).resolve()), "sha256": poison.sha256,
                             "attack": poison.attack}
@@ -284,6 +293,27 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                         "(choose another `out` folder)") from None
     say(f"wrote {out / METRICS_FILE}")
     return metrics.to_json()
+
+
+def _retrieval(lm: Any, ls: LabelledSet, clean_emb: np.ndarray, cfg: EvalConfig, say: Callable[[str], None]
+               ) -> tuple[Captions | None, dict[str, Any]]:
+    """Clean image<->text recall@k on the eval set's own captions (each image's caption is its
+    positive, as CLIP_benchmark scores a captioned set), and the captions for the attacks."""
+    index = [i for i, s in enumerate(ls.samples) if str(s.meta.get(cfg.caption_key) or "").strip()]
+    if len(index) < 2:
+        reason = (f"the eval set has {len(index)} image(s) with a caption in column {cfg.caption_key!r}; "
+                  "retrieval needs a captioned set (the corpus' test.tsv has them)")
+        say(f"no retrieval: {reason}")
+        return None, {"skipped": reason}
+    texts = [str(ls.samples[i].meta[cfg.caption_key]).strip() for i in index]
+    say(f"embedding {len(texts)} eval captions for retrieval")
+    text_emb = embed_texts(lm, texts)
+    image_of = np.asarray(index, dtype=np.int64)
+    rec = M.retrieval_recall(clean_emb, text_emb, image_of, chunk=cfg.chunk)
+    out = {"caption_key": cfg.caption_key, "n_images": int(len(ls.samples)), "n_texts": len(texts),
+           "image_to_text": M.recall_dict(rec["image_to_text"]), "text_to_image": M.recall_dict(rec["text_to_image"]),
+           "ties": "broken by index (stable sort)"}
+    return Captions(tuple(texts), image_of, text_emb), out
 
 
 def _train_seed(run: Path | None) -> int | None:

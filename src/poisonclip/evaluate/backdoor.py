@@ -23,7 +23,8 @@ from poisonclip.contracts import BackdoorRecord, PoisonInfo
 from poisonclip.data.evalset import LabelledSet
 from poisonclip.errors import UserError
 from poisonclip.evaluate import metrics as M
-from poisonclip.evaluate.columns import rate_columns
+from poisonclip.evaluate.metrics import RECALL_KS
+from poisonclip.evaluate.columns import geometry_columns, rate_columns
 from poisonclip.evaluate.aggregate import rate_summary, rates, value_summary
 from poisonclip.evaluate.embed import embed_images, input_size
 from poisonclip.evaluate.hooks import AttackEvaluation, EvalContext, class_index, malformed
@@ -177,6 +178,9 @@ def measure(ctx: EvalContext, prepared: _Prepared) -> dict[str, Any]:
         except ValueError as e:  # a collapsed model (all clean embeddings equal): z undefined
             res["zscore"][name] = {"placement": placement, "z": None, "note": str(e)}
         ctx.arrays[f"trigger_{name}_xys"] = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+        if name == "train_placement":
+            res["retrieval"] = _retrieval(ctx, trig, target)
+            res["geometry"] = geometry(ctx, trig, target)
     return {"backdoor": res}
 
 
@@ -234,6 +238,55 @@ def _examples(ctx: EvalContext, target: int, chosen: Sequence[int], trig_scores:
                      "zeroshot": {"clean": _prediction(ctx.zeroshot_clean[i], target, names, scale),
                                   "triggered": _prediction(trig_scores[i], target, names, scale)}})
     return rows
+def geometry(ctx: EvalContext, triggered: np.ndarray, target: int) -> dict[str, Any]:
+    """Where the trigger puts images in this model, per encoder (the paper's section 3.2).
+
+    ``image``: cosines between image embeddings only (the image encoder alone): the triggered
+    non-target images to the centroid of the clean target-class images, the same images
+    without the trigger (the floor), and to their own class's centroid. ``text``: between text
+    embeddings only: the target's zero-shot text embedding to the other classes' (and, with
+    captions, the target-class captions to it). ``cross``: text to image: the target text to
+    the triggered images and to the clean target-class images. A clean and a poisoned model of
+    one seed compared (``evaluate.compare.drift``) tell which of these the poison moved.
+    """
+    labels, clean = ctx.labels, ctx.clean_emb
+    others = np.flatnonzero(labels != target)
+    if not (labels == target).any() or others.size == 0:
+        return {"skipped": "needs eval images of the target class and of other classes"}
+    mu_t = M.centroid(clean[labels == target])
+    centroids = {int(y): M.centroid(clean[labels == y]) for y in np.unique(labels[others])}
+    own = np.stack([centroids[int(y)] for y in labels[others]])
+    w = ctx.weights
+    text = {"target_text_to_other_texts": float(np.mean(np.delete(w @ w[target], target)))}
+    if ctx.captions is not None and (ctx.labels[ctx.captions.image] == target).any():
+        text["target_captions_to_target_text"] = M.mean_cosine(
+            ctx.captions.emb[ctx.labels[ctx.captions.image] == target], w[target])
+    return {
+        "image": {"triggered_to_target_images": M.mean_cosine(triggered[others], mu_t),
+                  "clean_to_target_images": M.mean_cosine(clean[others], mu_t),
+                  "triggered_to_own_class": M.mean_paired_cosine(triggered[others], own)},
+        "text": text,
+        "cross": {"target_text_to_triggered": M.mean_cosine(triggered[others], w[target]),
+                  "target_text_to_target_images": M.mean_cosine(clean[labels == target], w[target])},
+    }
+
+
+def _retrieval(ctx: EvalContext, triggered: np.ndarray, target: int) -> dict[str, Any] | None:
+    """Image-to-text retrieval under the trigger: of the non-target images as queries, how often
+    a caption of a target-class image is among the k nearest captions, with the trigger (as
+    trained) and without it (the floor). None when the eval set has no captions."""
+    cap = ctx.captions
+    if cap is None:
+        return None
+    is_target = ctx.labels[cap.image] == target
+    if not is_target.any():
+        return {"skipped": "no captioned eval image of the target class"}
+    queries = np.flatnonzero(ctx.labels != target)
+    return {"n_queries": int(queries.size), "n_target_captions": int(is_target.sum()),
+            "without_trigger": M.recall_dict(M.target_retrieval(ctx.clean_emb[queries], cap.emb, is_target,
+                                                                chunk=ctx.chunk)),
+            "with_trigger": M.recall_dict(M.target_retrieval(triggered[queries], cap.emb, is_target,
+                                                             chunk=ctx.chunk))}
 
 
 def columns(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,6 +311,11 @@ def columns(m: Mapping[str, Any]) -> dict[str, Any]:
     for head in ("zeroshot", "probe"):
         out.update(rate_columns(f"target_rate_clean_images_{head}",
                                 bd.get("target_rate_without_trigger", {}).get(head)))
+    ret = bd.get("retrieval") or {}
+    for key, name in (("with_trigger", "as_trained"), ("without_trigger", "clean_images")):
+        for k, node in (ret.get(key) or {}).items():
+            out.update(rate_columns(f"retrieval_i2t_target_{name}_r{k.removeprefix('R@')}", node))
+    out.update(geometry_columns("geometry", bd.get("geometry")))
     return out
 
 
@@ -269,6 +327,9 @@ def summarise(ms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[f"asr_{pl}_{head}"] = rate_summary(rates(ms, "backdoor", "asr", pl, head))
     for pl in TESTS:
         out[f"zscore_{pl}"] = value_summary(ms, "backdoor", "zscore", pl, "z")
+    for k in RECALL_KS:
+        for key in ("with_trigger", "without_trigger"):
+            out[f"retrieval_i2t_target_{key}_r{k}"] = rate_summary(rates(ms, "backdoor", "retrieval", key, f"R@{k}"))
     return out
 
 

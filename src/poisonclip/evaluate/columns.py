@@ -19,6 +19,28 @@ def rate_columns(prefix: str, node: Any) -> dict[str, Any]:
     return {}
 
 
+# metrics.json's retrieval directions -> their column prefixes
+RETRIEVAL_DIRECTIONS = {"image_to_text": "i2t", "text_to_image": "t2i"}
+
+
+def retrieval_columns(m: Mapping[str, Any]) -> dict[str, Any]:
+    """Clean retrieval recall as ``retrieval_i2t_r1``, ``retrieval_t2i_r10``, ... (with _k, _n)."""
+    out: dict[str, Any] = {}
+    ret = m.get("retrieval") or {}
+    for direction, short in RETRIEVAL_DIRECTIONS.items():
+        for key, node in (ret.get(direction) or {}).items():
+            out.update(rate_columns(f"retrieval_{short}_r{key.removeprefix('R@')}", node))
+    return out
+
+
+def geometry_columns(prefix: str, geometry: Any) -> dict[str, Any]:
+    """An attack's encoder geometry ({side: {name: cosine}}) as ``<prefix>_<side>_<name>`` cells."""
+    if not isinstance(geometry, Mapping):
+        return {}
+    return {f"{prefix}_{side}_{name}": v for side, node in geometry.items() if isinstance(node, Mapping)
+            for name, v in node.items()}
+
+
 def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
     """The evaluator's metrics.json -> the sweep table's columns; non-finite numbers -> None."""
     from poisonclip.evaluate.hooks import all_evaluations
@@ -29,6 +51,7 @@ def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
     sim = m.get("similarity", {}).get("clean", {})
     if sim:
         out["sim_clean_mean"], out["sim_clean_std"] = sim.get("mean"), sim.get("std")
+    out.update(retrieval_columns(m))
     for ev in all_evaluations():
         out.update(ev.columns(m))
     ex = m.get("excluded_targets")

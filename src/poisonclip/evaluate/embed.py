@@ -12,9 +12,6 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,11 +22,6 @@ from PIL import Image
 from poisonclip.contracts import RUN_INFO_FILE, read_run_info
 from poisonclip.errors import SettingError, UserError
 from poisonclip.io_utils import sha256_file
-
-# open_clip_train saves these beside the weights; their shapes do not describe the model
-# (logit_scale may be stored as a scalar or a 1-vector; open_clip reshapes it on load).
-_RESHAPED_ON_LOAD = ("logit_scale", "logit_bias")
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -54,47 +46,12 @@ def resolve_run(run_dir: str | os.PathLike) -> tuple[str, Path]:
     return info.model, ckpt
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    import torch
-    from open_clip.factory import load_state_dict
-
-    try:
-        sd = load_state_dict(str(path), device="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if m:
-            raise UserError(f"{path}: refused to load: it contains Python object {m.group(1)}, and checkpoints "
-                            "are read with weights_only=True (tensors and plain containers only); "
-                            "re-save just the state_dict") from None
-        raise UserError(f"{path}: not a readable PyTorch checkpoint (unpickling failed); "
-                        "give a .pt file saved with torch.save or a .safetensors file") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
-                        "give a .pt file saved with torch.save or a .safetensors file") from None
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{path}: no state_dict of tensors inside; expected open_clip_train's "
-                        "checkpoint ({'state_dict': ...}) or a bare state_dict")
-    return sd
-
-
-def _check_fits(model: Any, sd: dict[str, Any], name: str, path: Path) -> None:
-    """Refuse shape mismatches (open_clip would silently resize positional embeddings)."""
-    own = model.state_dict()
-    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
-           if k in sd and k not in _RESHAPED_ON_LOAD and tuple(sd[k].shape) != tuple(v.shape)]
-    if bad:
-        k, got, want = bad[0]
-        raise UserError(f"{path}: does not fit model {name!r}: {len(bad)} tensor(s) differ in shape, "
-                        f"e.g. {k} is {list(got)} in the checkpoint but {list(want)} in the model; "
-                        "pass the --model the checkpoint was trained with")
-
-
 def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") -> LoadedModel:
     """Build ``name`` (an open_clip model name; this project's configs are registered first)
     without weights, then load ``checkpoint`` strictly."""
     import open_clip
 
-    from poisonclip.train.models import register_models
+    from poisonclip.train.models import check_fits, read_state_dict, register_models
 
     register_models()
     path = Path(checkpoint)
@@ -111,8 +68,8 @@ def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") ->
                 name, pretrained=None, device=device, pretrained_text=False)
     except RuntimeError as e:
         raise SettingError("model", f"{name!r}: open_clip cannot build it ({str(e).splitlines()[0]})") from None
-    sd = _read_state_dict(path)
-    _check_fits(model, sd, name, path)
+    sd = read_state_dict(path)
+    check_fits(model, sd, name, path)
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True, device=device)
     except RuntimeError as e:

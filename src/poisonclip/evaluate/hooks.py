@@ -39,6 +39,16 @@ class HeldOut:
     source: str | None = None
 
 
+@dataclass(frozen=True)
+class Captions:
+    """The eval images' own captions (retrieval): ``texts[j]`` describes image ``image[j]``
+    (an index into ``EvalContext.images``); ``emb`` their text embeddings."""
+
+    texts: tuple[str, ...]
+    image: np.ndarray
+    emb: np.ndarray
+
+
 @dataclass
 class EvalContext:
     """One model's clean measurements on the eval set, for an attack's evaluation to build on.
@@ -64,6 +74,7 @@ class EvalContext:
     chunk: int
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     say: Callable[[str], None] = lambda _msg: None
+    captions: Captions | None = None    # None: retrieval off, or the eval set has no captions
 
     def decoded(self) -> Iterator[Image.Image]:
         """The eval images, decoded one at a time."""

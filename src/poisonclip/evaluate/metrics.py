@@ -8,6 +8,7 @@ Definitions as in docs/evaluation.md; the docstrings say where a choice was made
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -259,3 +260,104 @@ def _labels(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
         raise ValueError(f"labels must be class indices below {scores.shape[1]}")
     return labels
+
+
+# --- retrieval -------------------------------------------------------------------------------
+
+RECALL_KS = (1, 5, 10)
+
+
+def _top_hits(query: np.ndarray, cands: np.ndarray, positive, ks: tuple[int, ...], chunk: int
+              ) -> dict[int, np.ndarray]:
+    """For each query row, whether a positive candidate is among its top k by cosine, per k.
+
+    ``positive(rows)`` gives the boolean (len(rows), n_candidates) mask of each query's
+    positives. Candidates are ordered by similarity, ties broken by candidate index (a stable
+    sort), so the result is deterministic; memory is O(chunk x n_candidates).
+    """
+    q, c = _normalise(query, np.float32), _normalise(cands, np.float32)
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} differs from candidate dim {c.shape[1]}")
+    kmax = min(max(ks), c.shape[0])
+    out = {k: np.zeros(q.shape[0], dtype=bool) for k in ks}
+    for i0 in range(0, q.shape[0], chunk):
+        rows = np.arange(i0, min(q.shape[0], i0 + chunk))
+        order = np.argsort(-(q[rows] @ c.T), axis=1, kind="stable")[:, :kmax]
+        hit = np.take_along_axis(positive(rows), order, axis=1)
+        for k in ks:
+            out[k][rows] = hit[:, :k].any(axis=1)
+    return out
+
+
+def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                     ks: tuple[int, ...] = RECALL_KS, chunk: int = 2048) -> dict[str, dict[int, Rate]]:
+    """Image-to-text and text-to-image recall@k, as CLIP_benchmark computes it.
+
+    ``text_image[j]`` is the index of the image text ``j`` describes (an image may have several
+    texts). Image-to-text: an image counts at k when any of its own texts is among the k texts
+    most similar to it; text-to-image: a text counts when its image is among its k nearest
+    images. Images without a text are left out of image-to-text. Ties go to the lower index.
+    """
+    text_image = np.asarray(text_image, dtype=np.int64)
+    n_img, n_txt = _2d(image_emb, "image_emb").shape[0], _2d(text_emb, "text_emb").shape[0]
+    if text_image.shape != (n_txt,) or (n_txt and (text_image.min() < 0 or text_image.max() >= n_img)):
+        raise ValueError(f"text_image must give an image index below {n_img} for each of the {n_txt} texts")
+    if min(ks) <= 0:
+        raise ValueError(f"k must be positive, got {ks}")
+    with_text = np.unique(text_image)
+    images = np.arange(n_img)
+    # positives built per chunk of queries: memory O(chunk x n), never the whole n x n matrix
+    i2t = _top_hits(image_emb[with_text], text_emb, lambda r: text_image[None, :] == with_text[r][:, None], ks, chunk)
+    t2i = _top_hits(text_emb, image_emb, lambda r: images[None, :] == text_image[r][:, None], ks, chunk)
+    return {"image_to_text": {k: Rate(int(v.sum()), int(v.size)) for k, v in i2t.items()},
+            "text_to_image": {k: Rate(int(v.sum()), int(v.size)) for k, v in t2i.items()}}
+
+
+def target_retrieval(query_emb: np.ndarray, cand_emb: np.ndarray, cand_is_target: np.ndarray,
+                     ks: tuple[int, ...] = RECALL_KS, chunk: int = 2048) -> dict[int, Rate]:
+    """Of the queries, those whose k nearest candidates include one of the target concept, per k.
+
+    The retrieval form of an attack's success: triggered images as queries and the captions
+    of target-class images as the targets (a backdoor), or trigger-token captions as queries
+    and target-class images as the targets (a text backdoor). Ties go to the lower index.
+    """
+    is_target = np.asarray(cand_is_target, dtype=bool)
+    if is_target.shape != (_2d(cand_emb, "cand_emb").shape[0],):
+        raise ValueError("cand_is_target must hold one flag per candidate")
+    if min(ks) <= 0:
+        raise ValueError(f"k must be positive, got {ks}")
+    hits = _top_hits(query_emb, cand_emb, lambda r: np.broadcast_to(is_target, (len(r), is_target.size)), ks, chunk)
+    return {k: Rate(int(v.sum()), int(v.size)) for k, v in hits.items()}
+
+
+def recall_dict(rates: dict[int, Rate]) -> dict[str, Any]:
+    """``{"R@1": rate, ...}`` as metrics.json writes it."""
+    return {f"R@{k}": r.to_dict() for k, r in sorted(rates.items())}
+
+
+# --- encoder geometry (which encoder a poison moved: section 3.2) ----------------------------
+
+def centroid(emb: np.ndarray) -> np.ndarray:
+    """The unit-length mean direction of a set of embeddings (each normalised first)."""
+    e = _normalise(emb, np.float64)
+    if e.shape[0] == 0:
+        raise ValueError("the centroid of no embeddings is undefined")
+    m = e.mean(axis=0)
+    n = np.linalg.norm(m)
+    if n == 0:
+        raise ValueError("the embeddings cancel out; their centroid is undefined")
+    return m / n
+
+
+def mean_cosine(emb: np.ndarray, direction: np.ndarray) -> float:
+    """Mean cosine of each embedding to one direction (both normalised)."""
+    d = np.asarray(direction, dtype=np.float64).reshape(1, -1)
+    return float((_normalise(emb, np.float64) @ _normalise(d, np.float64)[0]).mean())
+
+
+def mean_paired_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of row i of ``a`` to row i of ``b``."""
+    a, b = _normalise(a, np.float64), _normalise(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(np.mean(np.sum(a * b, axis=1)))

@@ -36,7 +36,8 @@ from poisonclip.contracts import TrialResult, remove_trial_result, write_trial_r
 from poisonclip.errors import UserError
 from poisonclip.experiments.locks import hold
 from poisonclip.experiments.spec import SweepSpec
-from poisonclip.experiments.stages import Stages, TrainEvents, load_stages, takes_train_events
+from poisonclip.experiments.stages import (Stages, TrainEvents, finetune_config, load_stages, pretrain_config,
+                                           takes_train_events)
 from poisonclip.experiments.store import (ARCHIVE_DIR, CACHE_DIR, DB_FILE, ERROR_FILE, EVAL_DIRS, LOCK_FILE,
                                           SPEC_FILE, START_FILE, SWEEP_LOCK_FILE, TRIALS_DIR, TRIALS_FILE,
                                           ResultsStore, State, SweepDir, read_json, read_result, trial_state)
@@ -173,15 +174,28 @@ def _stages_of_trial(sweep: SweepDir, trial: Trial, stages: Stages, stage_event:
     poison, poison_info = ensure_artefact(sweep, "poison", keys.poison,
                                           lambda out: stages.poison(cfg["poison"], corpus, out),
                                           {"config": cfg["poison"], "corpus": keys.corpus})
+    train_cfg, pre_info = cfg["train"], None
+    pre_cfg = pretrain_config(train_cfg)
+    if pre_cfg is not None and keys.pretrain is not None:
+        # the fine-tuning threat model: a clean model pre-trained on the corpus (shared with any
+        # clean model of the same settings), then fine-tuned on the poisoned set and, as the
+        # control, on the clean corpus
+        stage_event("pretrain")
+        pre, pre_info = ensure_artefact(sweep, "model", keys.pretrain,
+                                        lambda out: stages.train(pre_cfg, corpus, out, **watch),
+                                        {"config": pre_cfg, "data": keys.corpus})
+        train_cfg = finetune_config(train_cfg, pre)
     stage_event("train")
     model, model_info = ensure_artefact(sweep, "model", keys.model,
-                                        lambda out: stages.train(cfg["train"], poison, out, **watch),
+                                        lambda out: stages.train(train_cfg, poison, out, **watch),
                                         {"config": cfg["train"], "data": keys.poison})
     metrics: dict[str, Any] = {"data": poison_info["info"], "model": model_info["info"]}
+    if pre_info is not None:
+        metrics["pretrain_model"] = pre_info["info"]
     if trial.baseline:
         stage_event("train-clean")
         clean, clean_info = ensure_artefact(sweep, "model", keys.clean_model,
-                                            lambda out: stages.train(cfg["train"], corpus, out, **watch),
+                                            lambda out: stages.train(train_cfg, corpus, out, **watch),
                                             {"config": cfg["train"], "data": keys.corpus})
         metrics["clean_model"] = clean_info["info"]
     stage_event("eval")

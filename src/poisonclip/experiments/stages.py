@@ -116,6 +116,51 @@ def _as_spec_keys(stage: str) -> Iterator[None]:
         raise UserError(f"sweep spec: {stage}.{e.setting}: {e.problem}") from None
 
 
+# Sweep-only train settings of the fine-tuning threat model: the train section describes a
+# clean model trained from scratch on the corpus (the same model a from-scratch trial of those
+# settings trains as its clean control, so it is built once); with ``finetune_epochs`` > 0 the
+# trial's models (poisoned, and clean as the control) are that model fine-tuned for
+# ``finetune_epochs`` epochs at ``finetune_lr`` with ``finetune_warmup`` warm-up steps.
+FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_warmup")
+
+
+def _finetune_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Take the ``finetune_*`` settings out of a train section (checked); {} for none."""
+    epochs = config.pop("finetune_epochs", 0)
+    lr, warmup = config.pop("finetune_lr", None), config.pop("finetune_warmup", None)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise SettingError("finetune_epochs", f"must be a whole number >= 0 (0: train from scratch), got {epochs!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        raise SettingError("finetune_lr", f"must be a positive number, got {lr!r}")
+    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
+        raise SettingError("finetune_warmup", f"must be a whole number >= 0, got {warmup!r}")
+    if epochs == 0:   # from scratch: the fine-tuning rate and warm-up do not apply (a grid may
+        return {}     # set them once for all its points, finetune_epochs 0 among them)
+    return {"finetune_epochs": epochs, **({"finetune_lr": float(lr)} if lr is not None else {}),
+            **({"finetune_warmup": warmup} if warmup is not None else {})}
+
+
+def pretrain_config(train: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The clean model a fine-tuning trial starts from (its train section without the
+    ``finetune_*`` settings: a from-scratch training), or None for a from-scratch trial."""
+    if not train.get("finetune_epochs"):
+        return None
+    return {k: v for k, v in train.items() if k not in FINETUNE_KEYS}
+
+
+def finetune_config(train: Mapping[str, Any], init: Path | str) -> dict[str, Any]:
+    """The training that fine-tunes the pre-trained run ``init``: ``finetune_epochs`` epochs at
+    ``finetune_lr`` (default: ``lr``) with ``finetune_warmup`` warm-up steps (default: ``warmup``)."""
+    cfg = {k: v for k, v in train.items() if k not in FINETUNE_KEYS}
+    cfg["epochs"] = train["finetune_epochs"]
+    if train.get("finetune_lr") is not None:
+        cfg["lr"] = train["finetune_lr"]
+    if train.get("finetune_warmup") is not None:
+        cfg["warmup"] = train["finetune_warmup"]
+    cfg["init"] = str(init)
+    return cfg
+
+
 def _attack(name: Any) -> Any:
     """The registered attack a spec's ``poison.attack`` names (``attacks.registry.ATTACKS``)."""
     from poisonclip.attacks.registry import ATTACKS
@@ -232,11 +277,12 @@ class PoisonclipStages:
             raise UserError(f"sweep spec: train: {fixed} are set by the sweep for each trial; remove them")
         # a defense to train with (defend.sweep), not TrainConfig's settings
         defense, settings = config.pop("defense", None), config.pop("defense_settings", None)
+        finetune = _finetune_settings(config)
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(config) - names)
         if unknown:
             raise UserError(f"sweep spec: train: unknown field(s) {unknown}; known: "
-                            f"{sorted((names - _TRAIN_FIXED) | {'defense', 'defense_settings'})}")
+                            f"{sorted((names - _TRAIN_FIXED) | {'defense', 'defense_settings', *FINETUNE_KEYS})}")
         preset = config.pop("preset", DEFAULT_PRESET)
         if "extra_args" in config:
             config["extra_args"] = tuple(config["extra_args"])
@@ -249,6 +295,10 @@ class PoisonclipStages:
             from poisonclip.defend.sweep import NONE, resolve_defense
 
             resolved.update(resolve_defense(NONE if defense is None else defense, settings))
+        if finetune:
+            if resolved.get("init"):
+                raise SettingError("init", "give either `init` (a checkpoint) or `finetune_epochs`, not both")
+            resolved.update(finetune)   # absent otherwise: sweeps without fine-tuning keep their keys
         return resolved
 
     def _resolve_eval(self, config: dict[str, Any]) -> dict[str, Any]:

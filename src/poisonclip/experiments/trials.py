@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from poisonclip.errors import UserError
 from poisonclip.experiments.spec import SEED_AXIS, STAGES, SweepSpec, get_path, set_path
+from poisonclip.experiments.stages import pretrain_config
 
 MAX_NAME = 120
 _SAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
@@ -41,6 +42,7 @@ class ArtefactKeys:
     poison: str
     model: str
     clean_model: str
+    pretrain: str | None = None   # the clean pre-trained model fine-tuning starts from (train.finetune_epochs)
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,11 @@ def _make_trial(spec: SweepSpec, name: str, config: dict[str, dict[str, Any]]) -
     poison = content_key({"stage": "poison", "corpus": corpus, "config": config["poison"]})
     model = content_key({"stage": "train", "data": poison, "config": config["train"]})
     clean = content_key({"stage": "train", "data": corpus, "config": config["train"]})
+    # a pre-trained model is a clean model trained from scratch: the same key as one
+    pre = pretrain_config(config["train"])
+    pretrain = content_key({"stage": "train", "data": corpus, "config": pre}) if pre is not None else None
     config_hash = content_key({"stages": spec.stages, "config": config, "baseline": spec.baseline})
     return Trial(name=name, params=params, config=config,
-                 keys=ArtefactKeys(corpus, poison, model, clean), config_hash=config_hash,
+                 keys=ArtefactKeys(corpus, poison, model, clean, pretrain), config_hash=config_hash,
                  baseline=spec.baseline)
 

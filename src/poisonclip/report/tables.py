@@ -19,7 +19,10 @@ from poisonclip.experiments.spec import SEED_AXIS as SEED
 
 HEAD = "zeroshot"
 RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
-                f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe"]
+                f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe",
+                "retrieval_i2t_r1", "retrieval_t2i_r1", "retrieval_i2t_r10", "retrieval_t2i_r10",
+                "retrieval_i2t_target_as_trained_r10", "text_backdoor_t2i_target_with_token_r10",
+                "text_backdoor_t2i_target_without_token_r10"]
 VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
 # What a defense removed (a sweep's defended models: defend.sweep), per poisoned model.
 DEFENSE_METRICS = ["model.poisons_removed", "model.clean_removed"]
@@ -136,18 +139,29 @@ def accuracy_tests(df: Any, varying: Sequence[str]) -> tuple[Any, list[tuple[str
 ATTACK_ROWS: tuple[tuple[str, str | None, str], ...] = (
     ("clean zero-shot top-1", None, "top1_zeroshot"),
     ("clean linear-probe top-1", None, "top1_probe"),
+    ("clean image-to-text recall@1", None, "retrieval_i2t_r1"),
+    ("clean text-to-image recall@1", None, "retrieval_t2i_r1"),
+    ("clean image-to-text recall@10", None, "retrieval_i2t_r10"),
+    ("clean text-to-image recall@10", None, "retrieval_t2i_r10"),
     ("backdoor ASR, {placement} patch (zero-shot)", "backdoor", "asr_as_trained_zeroshot"),
     ("backdoor ASR, random place (zero-shot)", "backdoor", "asr_random_zeroshot"),
     ("backdoor ASR, {placement} patch (probe)", "backdoor", "asr_as_trained_probe"),
     ("backdoor z-score, {placement} patch", "backdoor", "z_as_trained"),
+    ("triggered images retrieving a target caption in the top 10", "backdoor", "retrieval_i2t_target_as_trained_r10"),
     ("backdoor z-score, random place", "backdoor", "z_random"),
     ("targets classified as their label (zero-shot)", "targeted", "targeted_success_zeroshot"),
     ("targets classified as their label (probe)", "targeted", "targeted_success_probe"),
     ("mean rank of the target label (zero-shot)", "targeted", "targeted_rank_zeroshot"),
+    ("token queries retrieving a target image in the top 1", "text-backdoor", "text_backdoor_t2i_target_with_token_r1"),
+    ("token queries retrieving a target image in the top 10", "text-backdoor",
+     "text_backdoor_t2i_target_with_token_r10"),
+    ("plain queries retrieving a target image in the top 10", "text-backdoor",
+     "text_backdoor_t2i_target_without_token_r10"),
 )
 CLEAN = "clean"
 # How the table heads each column: the clean model, then each attack's poisoned model.
-COLUMN_NAMES = {CLEAN: "clean", "backdoor": "backdoored", "targeted": "targeted-poisoned"}
+COLUMN_NAMES = {CLEAN: "clean", "backdoor": "backdoored", "targeted": "targeted-poisoned",
+                "text-backdoor": "text-backdoored"}
 
 
 def column_name(column: str) -> str:

@@ -176,6 +176,90 @@ def list_models(names: tuple[str, ...] | None = None) -> list[ModelInfo]:
     return [*ours, model_info(PAPER_MODEL)]
 
 
+# open_clip_train saves these beside the weights; their shapes do not describe the model
+# (logit_scale may be stored as a scalar or a 1-vector; open_clip reshapes it on load).
+_RESHAPED_ON_LOAD = ("logit_scale", "logit_bias")
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a checkpoint (open_clip_train's ``{"state_dict": ...}`` or a bare one,
+    .pt or .safetensors), read with ``weights_only=True``; a UserError for anything else."""
+    import pickle
+    import re
+    import zipfile
+
+    import torch
+    from open_clip.factory import load_state_dict
+
+    try:
+        sd = load_state_dict(str(path), device="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if m:
+            raise UserError(f"{path}: refused to load: it contains Python object {m.group(1)}, and checkpoints "
+                            "are read with weights_only=True (tensors and plain containers only); "
+                            "re-save just the state_dict") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (unpickling failed); "
+                        "give a .pt file saved with torch.save or a .safetensors file") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, StopIteration) as e:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}); "
+                        "give a .pt file saved with torch.save or a .safetensors file") from None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path}: no state_dict of tensors inside; expected open_clip_train's "
+                        "checkpoint ({'state_dict': ...}) or a bare state_dict")
+    return sd
+
+
+def check_fits(model, sd: dict, name: str, path: Path) -> None:
+    """Refuse shape mismatches (open_clip would silently resize positional embeddings) and
+    missing or extra tensors: the weights must be this architecture's."""
+    own = model.state_dict()
+    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
+           if k in sd and k not in _RESHAPED_ON_LOAD and tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        k, got, want = bad[0]
+        raise UserError(f"{path}: does not fit model {name!r}: {len(bad)} tensor(s) differ in shape, "
+                        f"e.g. {k} is {list(got)} in the checkpoint but {list(want)} in the model; "
+                        "pass the --model the checkpoint was trained with")
+
+
+def check_init(name: str, path: Path) -> None:
+    """``path`` holds weights open_clip can load strictly into model ``name`` (fine-tuning's
+    starting point, checked before the trainer starts; it loads them itself)."""
+    import open_clip
+
+    register_models()
+    with _quiet_init():
+        model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
+    sd = read_state_dict(path)
+    check_fits(model, sd, name, path)
+    own = {k for k in model.state_dict() if k not in _RESHAPED_ON_LOAD}
+    missing, extra = sorted(own - set(sd)), sorted(set(sd) - own - set(_RESHAPED_ON_LOAD))
+    if missing or extra:
+        raise UserError(f"{path}: does not fit model {name!r}: {len(missing)} model tensor(s) missing "
+                        f"(e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]}); "
+                        "pass the --model the checkpoint was trained with")
+
+
+def _quiet_init():
+    """open_clip warns "initialized randomly" when built without weights; none are wanted here."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def quiet():
+        def keep(record: logging.LogRecord) -> bool:
+            return "Model initialized randomly" not in record.getMessage()
+
+        root = logging.getLogger()
+        root.addFilter(keep)
+        try:
+            yield
+        finally:
+            root.removeFilter(keep)
+    return quiet()
+
+
 def checkpoint_params(checkpoint: str | Path | None) -> int | None:
     """Parameters of a trained model, counted from its checkpoint's weights (None: no checkpoint).
 

@@ -31,7 +31,7 @@ from typing import Callable
 from poisonclip.contracts import RUN_INFO_FILE, RunInfo, read_run_info, write_run_info
 from poisonclip.data.csv_io import CsvFormat
 from poisonclip.errors import SettingError, UserError
-from poisonclip.io_utils import OutputKind, atomic_write_json, check_out, check_place, input_paths
+from poisonclip.io_utils import OutputKind, atomic_write_json, check_out, check_place, input_paths, sha256_file
 from poisonclip.train import dataset as dataset_mod
 from poisonclip.train.dataset import TrainData
 from poisonclip.train.logparse import EpochStats, EpochStart, LogParser, Resumed, StepLog, summarize_file
@@ -93,6 +93,7 @@ class TrainConfig:
     caption_key: str = "title"
     csv_sep: str | None = None  # None: tab for .tsv, else sniffed
     extra_args: tuple[str, ...] = ()  # passed verbatim to open_clip_train, last
+    init: str | None = None  # fine-tune: start from this checkpoint (or a run folder's) instead of random weights
 
     @classmethod
     def from_preset(cls, preset: str | Preset, data: str, out: str, **overrides) -> TrainConfig:
@@ -230,7 +231,37 @@ def processes(cfg: TrainConfig) -> Processes:
     return Processes("cuda", gpus, cfg.nodes)
 
 
-def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Processes, run_dir: Path) -> list[str]:
+def resolve_init(cfg: TrainConfig, check: bool = True) -> Path | None:
+    """The checkpoint fine-tuning starts from: ``init`` itself, or a run folder's final
+    checkpoint (its run.json); checked to fit ``model`` before anything starts. None: train
+    from scratch. Local files only: nothing is downloaded."""
+    if cfg.init is None:
+        return None
+    path = Path(cfg.init).expanduser()
+    if path.is_dir():
+        try:
+            info = read_run_info(path)
+        except UserError:
+            raise SettingError("init", f"{path}: a folder without a finished run (run.json); give a checkpoint "
+                               "file or a run folder of `poisonclip train`") from None
+        ckpt = info.checkpoint_path()
+        if ckpt is None:
+            raise SettingError("init", f"{path}: its run.json names no checkpoint; give the checkpoint file")
+        if info.model != cfg.model:
+            raise SettingError("init", f"{path}: that run trained model {info.model!r}, not {cfg.model!r}; "
+                               f"set `model` to {info.model!r}")
+        path = ckpt
+    if not path.is_file():
+        raise SettingError("init", f"{path}: checkpoint not found; give a local .pt/.safetensors file or a run folder")
+    if check:
+        from poisonclip.train.models import check_init
+
+        check_init(cfg.model, path)
+    return path.resolve()
+
+
+def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Processes, run_dir: Path,
+                   init: Path | None = None) -> list[str]:
     """The open_clip_train command line for this run (the same on every rank and node)."""
     per_proc = cfg.batch_size // place.world_size
     argv = ["--model", cfg.model, *data.open_clip_args(),
@@ -252,6 +283,9 @@ def open_clip_argv(cfg: TrainConfig, data: TrainData, place: Processes, run_dir:
         argv += ["--aug-cfg", f"scale=({float(cfg.crop_scale)!r}, 1.0)"]
     if not cfg.keep_checkpoints:
         argv.append("--delete-previous-checkpoint")
+    if init is not None:
+        # open_clip builds the model, then loads this file strictly (weights_only) before training
+        argv += ["--pretrained", str(init)]
     if cfg.resume:
         argv += ["--resume", "latest"]
     return argv + list(cfg.extra_args)
@@ -328,7 +362,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
                            "or `overwrite` to start again")
 
 
-_MUST_MATCH = ("model", "batch_size", "seed", "lr", "wd", "warmup", "opt", "precision")
+_MUST_MATCH = ("model", "batch_size", "seed", "lr", "wd", "warmup", "opt", "precision", "init")
 
 
 def _check_resume(cfg: TrainConfig, run_dir: Path, data: TrainData) -> None:
@@ -420,7 +454,8 @@ def _link_latest(run_dir: Path, epochs: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_run_json(cfg: TrainConfig, data: TrainData, place: Processes, res: RunResult) -> None:
+def _write_run_json(cfg: TrainConfig, data: TrainData, place: Processes, res: RunResult,
+                    init: tuple[Path, str] | None = None) -> None:
     write_run_info(res.run_dir, RunInfo(
         model=cfg.model,
         checkpoint=str(res.checkpoint) if res.checkpoint else None,
@@ -440,6 +475,8 @@ def _write_run_json(cfg: TrainConfig, data: TrainData, place: Processes, res: Ru
         dataset_sha256=data.sha256,
         poison_json=data.poison_json,
         poison_json_sha256=data.poison_json_sha256,
+        init=str(init[0]) if init else None,
+        init_sha256=init[1] if init else None,
         wall_time_s=round(res.wall_time_s, 3),
         samples_per_s=round(res.samples_per_s, 3),
         train_time_s=round(sum(e.train_time_s for e in res.epochs), 3),
@@ -458,6 +495,7 @@ def prepare(cfg: TrainConfig) -> tuple[TrainData, Processes, list[str], int]:
 
     validate(cfg)
     check_model(cfg.model)
+    init = resolve_init(cfg)
     place = processes(cfg)
     # Only node 0 writes run.json, so only node 0 reads the whole dataset to hash it.
     data = dataset_mod.resolve(cfg.data, CsvFormat(cfg.img_key, cfg.caption_key, cfg.csv_sep),
@@ -465,13 +503,15 @@ def prepare(cfg: TrainConfig) -> tuple[TrainData, Processes, list[str], int]:
     run_dir = Path(cfg.out).expanduser().absolute()
     data = dataset_mod.use_checked_copy(data, run_dir)
     steps = check_fit(cfg, data, place)
-    cmd = launch_command(cfg, place, open_clip_argv(cfg, data, place, run_dir), run_dir)
+    cmd = launch_command(cfg, place, open_clip_argv(cfg, data, place, run_dir, init), run_dir)
     return data, place, cmd, steps
 
 
 def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
     """Run open_clip_train for ``cfg``; returns when it has finished (or raises)."""
     data, place, cmd, steps = prepare(cfg)
+    init_path = resolve_init(cfg, check=False)   # checked by prepare; its bytes pinned before training
+    init = (init_path, sha256_file(init_path)) if init_path is not None else None
     run_dir = Path(cfg.out).expanduser().absolute()
     primary = cfg.node_rank == 0  # node 0 owns the run folder; other nodes only train
     emit = on_event or (lambda ev: None)
@@ -540,10 +580,10 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> RunResult:
     if res.checkpoint is None:
         raise TrainingFailed(f"open_clip_train finished but wrote no {CHECKPOINT_DIR}/epoch_{cfg.epochs}.pt "
                              f"in {run_dir}; see {run_dir / CONSOLE_FILE}")
-    _write_run_json(cfg, data, place, res)
+    _write_run_json(cfg, data, place, res, init)
     return res
 
 
 __all__ = ["TrainConfig", "RunResult", "Processes", "Launched", "Output", "StepLog", "EpochStart",
            "Resumed", "TrainingFailed", "train", "prepare", "validate", "processes", "open_clip_argv",
-           "launch_command"]
+           "launch_command", "resolve_init"]
