@@ -44,8 +44,10 @@ def test_the_blended_trigger_runs_through_a_sweep_with_its_parameters(tmp_path):
     pattern = triggers.blended_pattern(32, 32, 5).astype(np.float64)
     for row in rows[:5]:
         src = find_sample(train_tsv, row["source_key"])
-        clean = np.asarray(Image.open(io.BytesIO(src.image)).convert("RGB"), dtype=np.float64)
-        assert clean.shape == (32, 32, 3)      # the corpus' images are the model input already
+        source = Image.open(io.BytesIO(src.image)).convert("RGB")
+        # training images are not square: the poison is its source in the model's input geometry
+        clean = np.asarray(triggers.to_input_geometry(source, 32), dtype=np.float64)
+        assert clean.shape == (32, 32, 3)
         want = np.clip(np.rint(0.7 * clean + 0.3 * pattern), 0, 255).astype(np.uint8)
         got = np.asarray(Image.open(poison_json.parent / row["location"]).convert("RGB"))
         assert np.array_equal(got, want), row["key"]
