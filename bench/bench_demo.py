@@ -6,10 +6,11 @@
 Runs the demo (``poisonclip demo --seeds N``: the packaged spec through the sweep engine),
 timing each stage of each trial as it runs, then prints the numbers of every seed, the time
 per stage (of this run, and the recorded build time of every cached artefact), and for each
-figure the mean and spread over seeds and whether the target is met: whole demo <= 10 min
-per seed on 2 cores (goal 5), clean zero-shot >= 80%, backdoor ASR (corner) >= 90%, z-score
->= 3, clean accuracy within 3 points of the clean model, and a majority of targets hit by the
-targeted model while the clean model hits (almost) none. Stages whose artefact was already
+goal of the demo whether each seed met it, with the mean and spread over seeds (the report's
+own judgement, ``report/goals.py``): whole demo <= 5 min per seed on 2 cores, clean zero-shot
+>= 80%, poisoned models within 2 points of the clean one, backdoor ASR >= 90% and z-score >= 3
+on every seed (clean models < 0.5), at least 4 targets a seed, a majority hit by the poisoned
+model and none by the clean one; and the z-score's ceiling (1 - mean) / std of each seed. Stages whose artefact was already
 in ``--out`` take no time in this run: use a fresh folder to time them.
 """
 
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from poisonclip.demo import demo_spec, run_demo
-from poisonclip.evaluate.aggregate import over_seeds
 from poisonclip.experiments.store import ResultsStore
+from poisonclip.report.goals import judge, statements
 
 
 class StageClock:
@@ -100,32 +101,21 @@ def main() -> None:
     if trained:
         print(f"training wall time per model (as recorded): mean {np.mean(trained):.0f} s, max {np.max(trained):.0f} s")
 
-    def show(name, v, target, fmt="{:.1%}", ok=None):
-        """One figure over seeds (evaluate.aggregate, as in the report); ``ok``: is its mean on target."""
-        cell = over_seeds(list(v))
-        if cell is None:
-            print(f"{name:<48} no values")
-            return None
-        s = cell.values
-        std = fmt.format(s.std) if s.n > 1 else "-"
-        met = ok(s.mean) if ok is not None else True
-        print(f"{name:<48} mean {fmt.format(s.mean)}  std {std}  min {fmt.format(s.min)}  max {fmt.format(s.max)}"
-              f"  target {target}  {'MET' if met else 'NOT MET'}")
-        return s.mean
-
+    # The goals, judged seed by seed exactly as the demo's report does (report/goals.py), plus
+    # the z-score's ceiling: z = (mean triggered sim - mean clean sim) / clean std cannot exceed
+    # (1 - mean clean sim) / clean std, whatever the attack does.
     print()
-    clean_mean = show("clean model zero-shot top-1", bd["clean.top1_zeroshot"], ">= 80%", ok=lambda m: m >= 0.8)
-    show("backdoored model zero-shot top-1", bd["poisoned.top1_zeroshot"], "within 3 pts",
-         ok=lambda m: clean_mean is not None and clean_mean - m <= 0.03)
-    show("backdoor ASR, corner (backdoored model)", bd["poisoned.asr_as_trained_zeroshot"], ">= 90%",
-         ok=lambda m: m >= 0.9)
-    show("backdoor ASR, corner (clean model)", bd["clean.asr_as_trained_zeroshot"], "low")
-    show("backdoor ASR, random place (backdoored model)", bd["poisoned.asr_random_zeroshot"], "-")
-    show("backdoor z-score, corner (backdoored model)", bd["poisoned.z_as_trained"], ">= 3", fmt="{:.2f}",
-         ok=lambda m: m >= 3)
-    show("backdoor z-score, corner (clean model)", bd["clean.z_as_trained"], "~0", fmt="{:.2f}")
-    show("targets hit (targeted model)", tg["poisoned.targeted_success_zeroshot"], "> 50%", ok=lambda m: m > 0.5)
-    show("targets hit (clean model)", tg["clean.targeted_success_zeroshot"], "low")
+    results = judge(df, "poison.attack", ["backdoor", "targeted"])
+    for r in results:
+        print(f"{r.goal:<60} {r.verdict.upper():<13} {r.spread}")
+    print()
+    for line in statements(results):
+        print(line)
+    for seed, row in bd.iterrows():
+        mean, std = row.get("poisoned.sim_clean_mean"), row.get("poisoned.sim_clean_std")
+        if mean == mean and std == std and std:
+            print(f"seed {seed}: clean pairwise similarity {mean:.3f} +- {std:.3f}; z-score ceiling "
+                  f"{(1 - mean) / std:.2f}")
     print(json.dumps({"summary": str(res.out / "summary.json"), "report": str(res.report)}))
 
 

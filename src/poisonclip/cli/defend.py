@@ -21,6 +21,13 @@ app = App(help="Defenses: filter the data with a detector then train, CleanCLIP 
 
 _EVAL_HELP = "Labelled set to evaluate on (default: the test split of the corpus the poisoned set was made from)."
 
+# The evaluation options every defense command shares (one definition, three commands).
+EvalData = Annotated[Optional[Path], typer.Option(help=_EVAL_HELP)]
+Classnames = Annotated[Optional[Path], typer.Option(help="Class list (default: beside the eval set).")]
+Templates = Annotated[Optional[str], typer.Option(help="Zero-shot templates: openai, simple or a file.")]
+Probe = Annotated[bool, typer.Option(help="Also fit the linear probe (slower).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an earlier defense in --out.")]
+
 
 def _measure(evaluate: bool, eval_data: Optional[Path], classnames: Optional[Path], templates: Optional[str],
              probe: bool, seed: int) -> Any:
@@ -86,11 +93,11 @@ def filter_command(
     before: Annotated[Optional[Path], typer.Option(help="Run folder of the model trained without the defense "
                                                         "(on DATA), evaluated the same way.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Evaluate the trained model (and --before).")] = True,
-    eval_data: Annotated[Optional[Path], typer.Option(help=_EVAL_HELP)] = None,
-    classnames: Annotated[Optional[Path], typer.Option(help="Class list (default: beside the eval set).")] = None,
-    templates: Annotated[Optional[str], typer.Option(help="Zero-shot templates: openai, simple or a file.")] = None,
-    probe: Annotated[bool, typer.Option(help="Also fit the linear probe (slower).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier defense in --out.")] = False,
+    eval_data: EvalData = None,
+    classnames: Classnames = None,
+    templates: Templates = None,
+    probe: Probe = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Filter-then-train: drop what a detector flags, train on the rest, measure before and after."""
     from poisonclip.defend.filter import FilterConfig, defend_filter
@@ -133,11 +140,11 @@ def cleanclip_command(
     poison: Annotated[Optional[Path], typer.Option(help="Poisoned folder whose attack is measured (default: the "
                                                         "one RUN trained on).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Evaluate RUN and the fine-tuned model.")] = True,
-    eval_data: Annotated[Optional[Path], typer.Option(help=_EVAL_HELP)] = None,
-    classnames: Annotated[Optional[Path], typer.Option(help="Class list (default: beside the eval set).")] = None,
-    templates: Annotated[Optional[str], typer.Option(help="Zero-shot templates: openai, simple or a file.")] = None,
-    probe: Annotated[bool, typer.Option(help="Also fit the linear probe (slower).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier defense in --out.")] = False,
+    eval_data: EvalData = None,
+    classnames: Classnames = None,
+    templates: Templates = None,
+    probe: Probe = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """CleanCLIP: fine-tune a poisoned model on clean pairs with multimodal + unimodal contrastive losses."""
     from poisonclip.defend.cleanclip import CleanClipConfig, defend_cleanclip
@@ -175,11 +182,11 @@ def roclip_command(
     poison: Annotated[Optional[Path], typer.Option(help="Poisoned folder whose attack is measured (default: DATA, "
                                                         "if it is one).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Evaluate the model (and --before).")] = True,
-    eval_data: Annotated[Optional[Path], typer.Option(help=_EVAL_HELP)] = None,
-    classnames: Annotated[Optional[Path], typer.Option(help="Class list (default: beside the eval set).")] = None,
-    templates: Annotated[Optional[str], typer.Option(help="Zero-shot templates: openai, simple or a file.")] = None,
-    probe: Annotated[bool, typer.Option(help="Also fit the linear probe (slower).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier defense in --out.")] = False,
+    eval_data: EvalData = None,
+    classnames: Classnames = None,
+    templates: Templates = None,
+    probe: Probe = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """RoCLIP: train with every K-th epoch pairing each image with its nearest caption in a pool."""
     from poisonclip.defend.roclip import RoClipConfig, defend_roclip

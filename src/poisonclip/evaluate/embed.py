@@ -8,9 +8,7 @@ instead of being resized or partly loaded, since the numbers would describe anot
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,7 @@ def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") ->
     without weights, then load ``checkpoint`` strictly."""
     import open_clip
 
-    from poisonclip.train.models import check_fits, read_state_dict, register_models
+    from poisonclip.train.models import check_fits, quiet_random_init, read_state_dict, register_models
 
     register_models()
     path = Path(checkpoint)
@@ -63,7 +61,7 @@ def load_model(name: str, checkpoint: str | os.PathLike, device: str = "cpu") ->
         raise SettingError("model", f"{name!r}: not an open_clip model name; this project's are {ours}, "
                            "see open_clip.list_models() for the rest")
     try:
-        with _quiet_random_init_warning():
+        with quiet_random_init():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=None, device=device, pretrained_text=False)
     except RuntimeError as e:
@@ -141,20 +139,6 @@ def embed_images(loaded: LoadedModel, images: Iterable[Image.Image], batch_size:
         dim = int(getattr(loaded.model.visual, "output_dim", 0) or 0)
         return np.zeros((0, dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
-
-
-@contextlib.contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    """open_clip warns "initialized randomly" when built without weights; ours come next."""
-    def keep(record: logging.LogRecord) -> bool:
-        return "Model initialized randomly" not in record.getMessage()
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
 
 
 def _batched(items: Iterable[Image.Image], n: int) -> Iterator[list[Image.Image]]:

@@ -8,11 +8,14 @@ The paper's own setting (ResNet-50 image tower + CLIP's Transformer) is open_cli
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from poisonclip.errors import SettingError, UserError
 
@@ -229,7 +232,7 @@ def check_init(name: str, path: Path) -> None:
     import open_clip
 
     register_models()
-    with _quiet_init():
+    with quiet_random_init():
         model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
     sd = read_state_dict(path)
     check_fits(model, sd, name, path)
@@ -241,23 +244,18 @@ def check_init(name: str, path: Path) -> None:
                         "pass the --model the checkpoint was trained with")
 
 
-def _quiet_init():
-    """open_clip warns "initialized randomly" when built without weights; none are wanted here."""
-    import contextlib
-    import logging
+@contextlib.contextmanager
+def quiet_random_init() -> Iterator[None]:
+    """open_clip warns "initialized randomly" when built without weights; ours come next."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
 
-    @contextlib.contextmanager
-    def quiet():
-        def keep(record: logging.LogRecord) -> bool:
-            return "Model initialized randomly" not in record.getMessage()
-
-        root = logging.getLogger()
-        root.addFilter(keep)
-        try:
-            yield
-        finally:
-            root.removeFilter(keep)
-    return quiet()
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def checkpoint_params(checkpoint: str | Path | None) -> int | None:
