@@ -35,8 +35,9 @@ def _expected(quick: bool, seed: int) -> dict[str, dict]:
     from poisonclip.train.run import TrainConfig
 
     if quick:   # test-sized: 1500 pairs, batch 128 x 30 epochs, 5% backdoor poisons, 2 targets x 3 copies
-        corpus, train = SynthConfig(n_train=1500, n_test=300, n_probe=300), dict(epochs=30, batch_size=128)
-        n_backdoor, patch, targets, copies = 79, 32, 2, 3
+        corpus = SynthConfig(n_train=1500, n_test=300, n_probe=300, n_classes=20, p_two=0, p_three=0,
+                             p_busy_scene=0)
+        train, n_backdoor, patch, targets, copies = dict(epochs=30, batch_size=128), 79, 48, 2, 3
     else:       # the full demo: 4000 pairs of 20 classes, one object each on calm backdrops, the preset's
         # schedule, 80 poisons (2%) with a 7 px patch (48 at 224), 4 targets x 4 copies
         corpus = SynthConfig(n_train=4000, n_test=1000, n_probe=1000, n_classes=20, p_two=0, p_three=0,
