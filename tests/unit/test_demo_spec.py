@@ -46,7 +46,7 @@ def _expected(quick: bool, seed: int) -> dict[str, dict]:
     tcfg = TrainConfig.from_preset("cpu-tiny", "-", "-", seed=seed, **train)
     backdoor = BackdoorConfig(data="-", out="-", target_label="star", n_poisons=n_backdoor, patch_size=patch,
                               placement="corner", resolution=input_size(tcfg.model), seed=seed)
-    targeted = TargetedConfig(data="-", out="-", random_targets=targets, n_poisons=copies, caption_source="templates",
+    targeted = TargetedConfig(data="-", out="-", random_targets=targets, n_poisons=copies, caption_source="search",
                               seed=seed)
     evalc = EvalConfig(data=Path("."), out=Path("."), seed=seed)   # CLIP's templates; probe split filled per corpus
 
