@@ -75,6 +75,7 @@ _OLD_TRIAL_RESULT_FILE = "metrics.json"   # the same record, in sweep folders wr
 # detection (`poisonclip detect`)
 DETECT_INFO_FILE = "detect.json"
 DETECT_SCORES_FILE = "scores.tsv"
+DETECT_PR_FIGURE = "pr_curves"       # .png and .svg: the detectors' precision/recall curves (given a manifest)
 # audit (`poisonclip audit`)
 AUDIT_INFO_FILE = "audit.json"
 AUDIT_PAGE_FILE = "audit.html"

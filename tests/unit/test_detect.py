@@ -204,6 +204,8 @@ def test_cli_writes_the_folder_and_refuses_mistakes_in_one_line(sets, tmp_path):
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "phash" in r.output and C.read_detection_summary(out).methods == ("exact-bytes", "phash")
+    with Image.open(out / f"{C.DETECT_PR_FIGURE}.png") as fig:   # the curves, as a figure beside detect.json
+        assert fig.format == "PNG" and min(fig.size) > 100
     one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(out)]),
                     "--out", "--overwrite")
     one_line_error(runner.invoke(app, ["detect", str(sets["plain"]), "--method", "sha1", "--out",
@@ -285,3 +287,20 @@ def test_audit_cli(sets, tmp_path):
     assert runner.invoke(app, ["detect", str(sets["plain"]), "--method", "phash", "--out", str(det)]).exit_code == 0
     one_line_error(runner.invoke(app, ["audit", str(sets["plain"]), "--out", str(det), "--overwrite"]),
                     "not a detection audit")
+
+
+def test_precision_recall_figure_draws_each_detectors_curve_and_the_chance_line():
+    from poisonclip.detect.scoring import score_detector
+    from poisonclip.report.figures import close, precision_recall
+
+    y = [True, True, False, False, False, False, False, False]
+    perfect = score_detector([9, 8, 1, 1, 1, 1, 1, 1], y)
+    mixed = score_detector([9, 1, 8, 1, 2, 1, 3, 1], y)
+    ax = precision_recall({"perfect": perfect, "mixed": mixed})
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"perfect (AP 1.00)", f"mixed (AP {mixed.average_precision:.2f})", "chance (25.0% poisons)"}
+    for name, sc in (("perfect (AP 1.00)", perfect), (f"mixed (AP {mixed.average_precision:.2f})", mixed)):
+        assert list(lines[name].get_xdata()) == list(sc.recall) and list(lines[name].get_ydata()) == list(sc.precision)
+    assert list(lines["chance (25.0% poisons)"].get_ydata()) == [0.25, 0.25]
+    assert mixed.average_precision < 1.0
+    close(ax)

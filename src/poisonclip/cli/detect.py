@@ -35,7 +35,7 @@ def detect_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier detection in --out.")] = False,
 ) -> None:
     """Which training samples are poisons? Scores from image and caption contents only."""
-    from poisonclip.contracts import DETECT_INFO_FILE, DETECT_SCORES_FILE
+    from poisonclip.contracts import DETECT_INFO_FILE, DETECT_PR_FIGURE, DETECT_SCORES_FILE
     from poisonclip.detect.api import DetectConfig, detect
 
     cfg = DetectConfig(data=Path(data), out=out, methods=tuple(method), model=model, manifest=manifest,
@@ -57,6 +57,10 @@ def detect_command(
         console.print(t)
         console.print("AP: average precision; @1%, @5%: a threshold at the score of the top 1% (5%) of the "
                       "data, ties included")
+        from poisonclip.report.figures import close, precision_recall
+
+        close(precision_recall(s.scoring, path=res.out / DETECT_PR_FIGURE))
+        console.print(f"wrote [bold]{res.out / DETECT_PR_FIGURE}.png[/] (precision/recall curves)")
     else:
         console.print(f"{s.n_samples} samples scored; no manifest, so no ground truth to measure against")
     console.print(f"wrote [bold]{res.out / DETECT_SCORES_FILE}[/] and [bold]{res.out / DETECT_INFO_FILE}[/]")

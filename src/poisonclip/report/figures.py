@@ -283,3 +283,29 @@ def close(ax_or_fig: Any) -> None:
     """Free a figure made by these functions (pyplot keeps every figure alive otherwise)."""
     plt.close(ax_or_fig.figure if hasattr(ax_or_fig, "figure") and not isinstance(ax_or_fig, plt.Figure)
               else ax_or_fig)
+
+
+def precision_recall(scoring: Mapping[str, Any], ax: plt.Axes | None = None,
+                     path: str | os.PathLike | None = None) -> plt.Axes:
+    """Each detector's precision/recall curve against the manifest (``detect.json``'s
+    ``scoring``: method -> ``contracts.DetectionScoring``), with its average precision in the
+    legend and the share of poisons as the chance line a random ranking would give."""
+    ax = _axes(ax, (4.8, 3.6))
+    chance = None
+    for method, sc in scoring.items():
+        if not sc.recall:
+            continue
+        ap = "" if sc.average_precision is None else f" (AP {sc.average_precision:.2f})"
+        ax.step(sc.recall, sc.precision, where="post", label=f"{method}{ap}")
+        total = sc.n_poisons + sc.n_clean
+        chance = sc.n_poisons / total if total else chance
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:.1%} poisons)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (share of the poisons flagged)")
+    ax.set_ylabel("precision")
+    ax.set_title("detectors against the manifest")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return _finish(ax, path)
