@@ -218,15 +218,16 @@ def test_the_engine_runs_each_stage_as_the_library_does_with_the_documented_sett
     corpus = Path(metrics["backdoor/eval-backdoor"]["config"]["data"]).parent
     recorded = json.loads((corpus / "corpus.json").read_text())
     assert (recorded["n_train"], recorded["n_test"], recorded["n_probe"]) == (1500, 300, 300)
-    assert recorded["config"] == {k: v for k, v in dataclasses.asdict(SynthConfig(1500, 300, 300)).items()}
+    want = SynthConfig(1500, 300, 300, n_classes=20, p_two=0, p_three=0, p_busy_scene=0)
+    assert recorded["config"] == {k: v for k, v in dataclasses.asdict(want).items()}
 
     train = TrainConfig.from_preset("cpu-tiny", "-", "-", epochs=30, batch_size=128, seed=0)
     backdoor = BackdoorConfig(data=str(corpus / "train.tsv"), out=str(tmp_path / "backdoor"), seed=0,
-                              target_label="star", n_poisons=79, patch_size=32, placement="corner",
+                              target_label="star", n_poisons=79, patch_size=48, placement="corner",
                               resolution=input_size(train.model))
     targeted = TargetedConfig(data=str(corpus / "train.tsv"), out=str(tmp_path / "targeted"),
                               target_source=str(corpus / "test.tsv"), seed=0, random_targets=2, n_poisons=3,
-                              caption_source="templates")
+                              caption_source="search")
     for cfg in (backdoor, targeted):
         poison(cfg)
         ours = _poison_folder(out, cfg.attack)
