@@ -14,7 +14,6 @@ from poisonclip.attacks.api import TargetedConfig, TargetSpec, poison
 from poisonclip.attacks.manifest import read_manifest
 from poisonclip.defend.cleanclip import CleanClipConfig, augment_caption, augment_image, defend_cleanclip
 from poisonclip.defend.filter import FilterConfig, defend_filter, flag
-from poisonclip.defend.loop import lr_at
 from poisonclip.defend.roclip import CaptionPool, RoClipConfig, defend_roclip, matching_epoch
 from poisonclip.errors import SettingError, UserError
 from poisonclip.train.dataset import resolve
@@ -151,7 +150,11 @@ def test_the_caption_pool_keeps_the_newest_and_matches_each_image_to_its_nearest
 def test_matching_epochs_and_the_schedule():
     assert [matching_epoch(e, 2) for e in range(5)] == [False, True, False, True, False]
     assert all(matching_epoch(e, 1) for e in range(3)) and [matching_epoch(e, 3) for e in range(3)] == [False, False, True]
-    lrs = [lr_at(s, 1.0, 2, 10) for s in range(10)]
+    import torch
+    from open_clip_train.scheduler import cosine_lr   # the schedule the defenses' loop steps through
+
+    set_lr = cosine_lr(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 1.0, 2, 10)
+    lrs = [set_lr(s) for s in range(10)]
     assert lrs[:3] == [0.5, 1.0, 1.0] and all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0
 
 

@@ -92,14 +92,6 @@ def _param_groups(model: Any, wd: float) -> list[dict[str, Any]]:
     return [{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
 
 
-def lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    """open_clip_train's cosine schedule with linear warm-up."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base
-
-
 @dataclass(frozen=True)
 class Schedule:
     epochs: int
@@ -135,6 +127,9 @@ def run_loop(model: Any, n: int, sch: Schedule, step_fn: Step, say: Callable[[st
     order = np.random.default_rng([sch.seed, STREAM_ORDER])
     per_epoch = n // sch.batch_size
     total = per_epoch * sch.epochs
+    from open_clip_train.scheduler import cosine_lr   # the trainer's own schedule, step by step
+
+    set_lr = cosine_lr(opt, sch.lr, sch.warmup, total)
     curve, stats, step = [], [], 0
     t0 = time.perf_counter()
     for epoch in range(sch.epochs):
@@ -142,8 +137,7 @@ def run_loop(model: Any, n: int, sch: Schedule, step_fn: Step, say: Callable[[st
         losses: list[float] = []
         parts: dict[str, list[float]] = {}
         for b in range(per_epoch):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, sch.lr, sch.warmup, total)
+            set_lr(step)
             loss, part = step_fn(model, perm[b * sch.batch_size:(b + 1) * sch.batch_size], epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
