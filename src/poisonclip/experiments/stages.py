@@ -363,10 +363,16 @@ class PoisonclipStages:
             with _as_spec_keys("train"):
                 return train_defended(defense, settings, config, data, source, out, on_event)
         with _as_spec_keys("train"):
-            res = train(TrainConfig(data=str(source), out=str(out), **config), on_event=on_event)
-        from poisonclip.train.models import checkpoint_params
+            run_cfg = TrainConfig(data=str(source), out=str(out), **config)
+            res = train(run_cfg, on_event=on_event)
+        from poisonclip.train.models import checkpoint_params, model_info
 
-        return {"n_params": checkpoint_params(res.checkpoint), "wall_time_s": round(res.wall_time_s, 3),
+        try:   # the image tower's share: the paper's Fig. 5 (right) varies the whole model, ours the tower
+            vision = model_info(run_cfg.model).vision_params
+        except Exception:  # noqa: BLE001 - a model open_clip cannot count on the meta device: leave it out
+            vision = None
+        return {"n_params": checkpoint_params(res.checkpoint), "vision_params": vision,
+                "wall_time_s": round(res.wall_time_s, 3),
                 "samples_per_s": round(res.samples_per_s, 3),
                 "final_loss": res.loss_curve[-1] if res.loss_curve else None}
 

@@ -30,6 +30,12 @@ ROLES: dict[str, str] = {
     "poisonclip-medium": "size ablation (paper 5.1.2)",
     "poisonclip-large": "size ablation (paper 5.1.2)",
     PAPER_MODEL: "the paper's model (4.1)",
+    # The toy Figure 5 (right) family: the demo's model (poisonclip-tiny-rn16) with its
+    # text tower unchanged and the ResNet image tower 4, 8 or 32 channels wide instead of 16,
+    # so the image towers span 0.09M-5.2M parameters (58x) at 0.6-1.6x the demo's time.
+    "poisonclip-scale-rn4": "model-size family, Fig. 5 right (image tower 0.09M)",
+    "poisonclip-scale-rn8": "model-size family, Fig. 5 right (image tower 0.34M)",
+    "poisonclip-scale-rn32": "model-size family, Fig. 5 right (image tower 5.2M)",
 }
 
 
