@@ -13,6 +13,7 @@ input (no dates in SVG, fixed SVG id salt).
   evaluator's ``similarities.npz`` holds).
 * ``same_label_curve(edges, pairs, same)`` -- Figure 3 (left): probability that two images
   share a label as a function of their similarity (log scale).
+* ``rate_vs(series)`` -- pooled rates with 95% Wilson intervals (Figure 2 left).
 * ``accuracy_comparison(groups)`` -- clean accuracy of poisoned and clean models per setting.
 * ``save(fig, stem)`` -- PNG and SVG side by side.
 """
@@ -144,6 +145,40 @@ def metric_vs(frame: Any, x: str, y: str, hue: str | Sequence[str] | None = None
     ax.set_ylabel(ylabel or y)
     if ylim:
         ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return _finish(ax, path)
+
+
+def rate_vs(series: Sequence[tuple[str, Sequence[float], Sequence[int], Sequence[int]]], ax: plt.Axes | None = None,
+            path: str | os.PathLike | None = None, *, xlabel: str = "", ylabel: str = "rate",
+            title: str | None = None, logx: bool = True, linestyles: Sequence[str] | None = None) -> plt.Axes:
+    """Rates with 95% Wilson intervals: per series ``(label, x, k, n)``, the pooled ``k/n`` at
+    each x (Figure 2 left: targets hit out of (target, model) pairs)."""
+    from poisonclip.evaluate.stats import wilson_interval
+
+    ax = _axes(ax)
+    xs_all: set[float] = set()
+    for i, (label, xs, ks, ns) in enumerate(series):
+        xs, ks, ns = np.asarray(xs, dtype=float), np.asarray(ks, dtype=int), np.asarray(ns, dtype=int)
+        keep = ns > 0
+        if not keep.any():
+            continue
+        xs, ks, ns = xs[keep], ks[keep], ns[keep]
+        rate = ks / ns
+        ci = np.array([wilson_interval(int(k), int(n)) for k, n in zip(ks, ns)])
+        ls = linestyles[i] if linestyles else "-"
+        ax.errorbar(xs, rate, yerr=[rate - ci[:, 0], ci[:, 1] - rate], marker="o", markersize=4, capsize=3,
+                    linestyle=ls, color=PALETTE[i % len(PALETTE)], label=label)
+        xs_all.update(xs.tolist())
+    if logx and xs_all and min(xs_all) > 0:
+        ax.set_xscale("log")
+        _plain_ticks(ax.xaxis, sorted(xs_all))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:

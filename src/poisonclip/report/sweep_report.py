@@ -45,6 +45,7 @@ from poisonclip.report import attack_views as V
 from poisonclip.report import goals as G
 from poisonclip.report import tables as A
 from poisonclip.report import figures as F
+from poisonclip.report import trends as T
 from poisonclip.report.html import Image, Section, Table, Text, write_html
 
 AXES = {
@@ -56,6 +57,8 @@ AXES = {
     "model": "train.model",
 }
 N_PARAMS = "model.n_params"
+VISION_PARAMS = "model.vision_params"
+SIGNIFICANCE_CSV = "significance.csv"
 HEAD = A.HEAD
 SUMMARY_JSON = "summary.json"   # the clean-vs-attack table (report.table: attacks)
 
@@ -143,7 +146,26 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
 
     poisons = axes["poisons"]
     backdoor = _col(df, "poisoned.z_as_trained") is not None
-    if poisons in varying:
+    targeted = _col(df, f"poisoned.targeted_success_{HEAD}") is not None
+    if targeted and poisons in varying and _numeric(df, poisons) and not by_attack:
+        series = []
+        for who, head, name in (("poisoned", HEAD, "poisoned models, zero-shot"),
+                                ("poisoned", "probe", "poisoned models, linear probe"),
+                                ("clean", HEAD, "clean models (control), zero-shot"),
+                                ("clean", "probe", "clean models (control), linear probe")):
+            k, n = f"{who}.targeted_success_{head}_k", f"{who}.targeted_success_{head}_n"
+            if k in df.columns and df[k].notna().any():
+                g = df.dropna(subset=[k, n]).groupby(poisons)[[k, n]].sum().sort_index()
+                series.append((name, g.index.to_numpy(dtype=float), g[k].to_numpy(), g[n].to_numpy()))
+        ax = F.rate_vs(series, xlabel="poisoned samples per target", ylabel="targets classified as their label",
+                       title="Targeted poisoning success vs poisons (Fig. 2, left)",
+                       linestyles=["-", "-", ":", ":"])
+        add_figure("fig2_targeted_success", ax,
+                   "Share of (target, model) pairs whose target image is classified as its attacker-chosen "
+                   "label, pooled over seeds, with 95% Wilson intervals; dotted: the same targets on the "
+                   "clean model of each seed (the control). Pairs of one model are not independent: the "
+                   "significance table tests the trend over models.")
+    elif poisons in varying:
         y = _col(df, f"poisoned.asr_as_trained_{HEAD}") or _col(df, f"poisoned.targeted_success_{HEAD}")
         if y:
             hue = [c for c in varying if c != poisons]
@@ -193,20 +215,25 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                          title="z-score vs dataset size (Fig. 5, left)")
         add_figure("fig5_zscore_vs_data_size", ax, "Mean over seeds with a one-standard-deviation band.")
     if backdoor and axes["model"] in varying:
-        x = N_PARAMS if _col(df, N_PARAMS) else axes["model"]
+        # x: the image tower's parameters when known (the part a model family varies), else the whole model's
+        x = VISION_PARAMS if _col(df, VISION_PARAMS) else (N_PARAMS if _col(df, N_PARAMS) else axes["model"])
         data = df.copy()
-        if x == N_PARAMS:
+        if x in (N_PARAMS, VISION_PARAMS):
             data[x] = data[x] / 1e6
         else:  # no parameter counts: models in grid order
             order = {m: i for i, m in enumerate(dict.fromkeys(df[axes["model"]]))}
             data[x] = data[axes["model"]].map(order)
+        xlabel = {VISION_PARAMS: "image-tower parameters (millions)",
+                  N_PARAMS: "model parameters (millions)"}.get(x, "model (grid order)")
         ax = F.metric_vs(data, x, y, hue=[c for c in varying if c != axes["model"]] or None,
-                         xlabel="model parameters (millions)" if x == N_PARAMS else "model (grid order)",
-                         ylabel="backdoor z-score", title="z-score vs model size (Fig. 5, right)")
+                         logx=x == VISION_PARAMS, xlabel=xlabel, ylabel="backdoor z-score",
+                         title="z-score vs model size (Fig. 5, right)")
+        counts = df.groupby(axes["model"])[[c for c in (VISION_PARAMS, N_PARAMS) if _col(df, c)]].first()
         add_figure("fig5_zscore_vs_model_size", ax,
-                   "Models: " + ", ".join(f"{m} ({p / 1e6:.2f} M)" for m, p in
-                                          df.groupby(axes["model"])[N_PARAMS].first().items())
-                   if x == N_PARAMS else "Mean over seeds with a one-standard-deviation band.")
+                   "Models (image tower / whole model): " + ", ".join(
+                       f"{m} ({r.get(VISION_PARAMS, float('nan')) / 1e6:.2f} M / {r.get(N_PARAMS, float('nan')) / 1e6:.2f} M)"
+                       for m, r in counts.iterrows()) + ". Mean over seeds with a one-standard-deviation band."
+                   if x != axes["model"] else "Mean over seeds with a one-standard-deviation band.")
     # --- Figure 6: z-score vs patch size ---------------------------------------------------
     if backdoor and axes["patch"] in varying:
         x = axes["patch"]
@@ -218,6 +245,19 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
     if backdoor:
         _figure3(sweep, df, poisons, add_figure)
     figures_section = Section("Figures", list(fig_blocks)) if fig_blocks else None
+
+    # --- significance of each figure's effect (report.trends) --------------------------------
+    pairs = _target_pairs(sweep, trials, df, poisons) if targeted and poisons in varying else None
+    tests = T.figure_tests(df, axes, varying, pairs)
+    sig_section = None
+    if tests:
+        import pandas as pd
+
+        sig = pd.DataFrame(tests)
+        sig_csv = out / SIGNIFICANCE_CSV
+        atomic_write_text(sig_csv, sig.to_csv(index=False))
+        result.tables["significance"] = sig_csv
+        sig_section = Section("Significance", [Text(SIGNIFICANCE_TEXT), Table.from_frame(_display_tests(sig))])
 
     # --- tables -----------------------------------------------------------------------------
     summary = A.summary_table(df, varying)
@@ -254,6 +294,8 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
         if acc is not None:
             sections.append(Section("Clean accuracy", [Text(ACCURACY_TEXT), acc_fig,
                                                        Table.from_frame(acc, caption="Poisoned minus clean accuracy")]))
+    if sig_section is not None:
+        sections.append(sig_section)
 
     if failed:
         sections.append(Section("Failed trials", [Table(
@@ -273,6 +315,54 @@ ACCURACY_TEXT = (
     "model (test-set noise only); the table says which and over how many. A non-significant "
     "difference with few models is weak evidence of no loss: read the interval of the "
     "difference.")
+
+
+SIGNIFICANCE_TEXT = (
+    "Does each figure's effect hold beyond the noise of training? The unit is the trained model. "
+    "Trend: ordinary least squares of the per-model metric on log2 of the axis (the estimate is the "
+    "change per doubling, with its 95% interval and p) and Spearman's rank correlation beside it. "
+    "Fig. 4: the t-test of the placement x log2(poisons) interaction (does the better placement "
+    "change with the number of poisons?) and Welch's t-test between placements at each count. "
+    "Fig. 2 left: the exact McNemar test per count on the targets, poisoned vs clean model of the "
+    "same seed (targets of one model are counted as independent there).")
+
+
+def _display_tests(sig: Any) -> Any:
+    """Numbers of the significance table rounded for the page (the CSV keeps them whole)."""
+    out = sig.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            out[c] = [None if v != v else (f"{v:.2g}" if c.endswith("p") or c == "p_value" else f"{v:.3g}")
+                      for v in out[c]]
+    return out
+
+
+def _target_pairs(sweep: SweepDir, trials: Sequence[Trial], df: Any, poisons: str
+                  ) -> dict[str, list[tuple[Any, bool, bool]]]:
+    """Per head, (poisons, poisoned model's success, clean model's success) for each target of
+    each finished trial: the same target image and label, scored by the trial's poisoned model
+    and by the clean model of its seed (both evaluations of the trial)."""
+    done = set(df["trial"])
+    out: dict[str, list[tuple[Any, bool, bool]]] = {}
+    for t in trials:
+        if t.name not in done or poisons not in t.params:
+            continue
+        per = {}
+        for who in ("poisoned", "clean"):
+            path = sweep.trial(t.name) / EVAL_DIRS[who] / METRICS_FILE
+            if path.is_file():
+                per[who] = {x.get("id"): x for x in (read_metrics(path).targeted or {}).get("targets") or []}
+        if len(per) < 2:
+            continue
+        for tid, p in per["poisoned"].items():
+            c = per["clean"].get(tid)
+            if c is None:
+                continue
+            for head in (HEAD, "probe"):
+                if head in p and head in c:
+                    out.setdefault(head, []).append((t.params[poisons], bool(p[head].get("success")),
+                                                     bool(c[head].get("success"))))
+    return out
 
 
 def _n_models(trials: Sequence[Trial], df: Any) -> int:
