@@ -142,7 +142,7 @@ def test_figure_presets_share_their_clean_models_and_the_demos_backdoor():
     models = {n: keys(n) for n in ("fig2-targeted", "fig4-placement", "fig6-patch-size", "fig5-data-size",
                                    "fig5-model-size")}
     assert models["fig2-targeted"][1] == models["fig4-placement"][1] == models["fig6-patch-size"][1]
-    assert models["fig4-placement"][1] < models["fig5-model-size"][1]
+    assert len(models["fig4-placement"][1] & models["fig5-model-size"][1]) == 2   # its 16-wide model, seeds 0-1
     shared = models["fig4-placement"][0] & models["fig6-patch-size"][0] & models["fig5-data-size"][0] \
         & models["fig5-model-size"][0]
     assert len(shared) == 2                          # corner, 7 px, 80 poisons, 4000 pairs: seeds 0 and 1

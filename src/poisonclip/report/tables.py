@@ -20,6 +20,7 @@ from poisonclip.experiments.spec import SEED_AXIS as SEED
 HEAD = "zeroshot"
 RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
                 f"asr_corner_{HEAD}", f"targeted_success_{HEAD}", "top1_probe", "asr_as_trained_probe",
+                "targeted_success_probe",
                 "retrieval_i2t_r1", "retrieval_t2i_r1", "retrieval_i2t_r10", "retrieval_t2i_r10",
                 "retrieval_i2t_target_as_trained_r10", "text_backdoor_t2i_target_with_token_r10",
                 "text_backdoor_t2i_target_without_token_r10"]
