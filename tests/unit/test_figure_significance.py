@@ -146,3 +146,15 @@ def test_figure_presets_share_their_clean_models_and_the_demos_backdoor():
     shared = models["fig4-placement"][0] & models["fig6-patch-size"][0] & models["fig5-data-size"][0] \
         & models["fig5-model-size"][0]
     assert len(shared) == 2                          # corner, 7 px, 80 poisons, 4000 pairs: seeds 0 and 1
+
+
+def test_model_size_sweep_reports_parameter_counts_and_their_trend(tmp_path):
+    spec = parse_spec({"name": "sizes", "stages": FAKE, "grid": {"train.model": ["tiny", "small", "big"],
+                                                                  "seed": [0, 1]}}, allow_custom_stages=True)
+    run_sweep(spec, tmp_path / "s", LocalRunner(FakeStages()))
+    res = build_report(tmp_path / "s")
+    summary = pd.read_csv(res.tables["summary"]).set_index("train.model")
+    assert summary.loc["big", "model.n_params"] == 30_000_000 and summary.loc["tiny", "model.n_params"] == 1_000_000
+    sig = pd.read_csv(res.tables["significance"])
+    assert set(sig["figure"]) == {"Fig. 5 right"} and set(sig["axis"]) == {"model.n_params"}
+    assert "fig5_zscore_vs_model_size" in res.figures

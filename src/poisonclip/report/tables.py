@@ -27,7 +27,8 @@ RATE_METRICS = [f"top1_{HEAD}", f"asr_as_trained_{HEAD}", f"asr_random_{HEAD}",
 VALUE_METRICS = ["z_as_trained", "z_random", "z_corner"]
 # What a defense removed (a sweep's defended models: defend.sweep), per poisoned model.
 DEFENSE_METRICS = ["model.poisons_removed", "model.clean_removed"]
-TARGETS = "targeted_targets"   # a model's targets, ';'-joined (evaluate.targeted.target_ids)
+TARGETS = "targeted_targets"
+PARAM_COUNTS = ("model.vision_params", "model.n_params")   # image tower, whole model   # a model's targets, ';'-joined (evaluate.targeted.target_ids)
 
 
 def _in_seed_order(df: Any) -> Any:
@@ -87,6 +88,9 @@ def summary_table(df: Any, varying: Sequence[str]) -> Any:
     for key, sub in _groups(df, varying):
         row: dict[str, Any] = dict(zip(varying, key))
         row["n_models"] = len(sub)
+        for col in PARAM_COUNTS:   # the model's size (one architecture per setting): Fig. 5 right's x
+            if col in sub.columns and sub[col].notna().any():
+                row[col] = int(sub[col].dropna().iloc[0])
         for who in ("poisoned", "clean"):
             for m in RATE_METRICS + VALUE_METRICS:
                 col = f"{who}.{m}"
