@@ -63,11 +63,69 @@ def make_report(name: str, runs: Path, results: Path) -> None:
     copy_report(out / "report", results / name)
 
 
+# The columns each figure's markdown table shows (summary.csv has every metric).
+KEY_METRICS = (
+    ("poisoned.targeted_success_zeroshot", "targets hit, zero-shot"),
+    ("poisoned.targeted_success_probe", "targets hit, probe"),
+    ("clean.targeted_success_zeroshot", "clean model, zero-shot"),
+    ("poisoned.asr_as_trained_zeroshot", "ASR as trained"),
+    ("poisoned.z_as_trained", "z as trained"),
+    ("poisoned.z_corner", "z, corner test"),
+    ("poisoned.z_random", "z, random-place test"),
+    ("poisoned.asr_as_trained_probe", "ASR, probe"),
+    ("poisoned.top1_zeroshot", "top-1 poisoned"),
+    ("clean.top1_zeroshot", "top-1 clean"),
+)
+
+
+def _cell(row: dict, col: str, rate: bool) -> str:
+    import math
+
+    m = row.get(f"{col} mean")
+    if m is None or m != m:
+        return "-"
+    s = row.get(f"{col} std")
+    fmt = (lambda v: f"{100 * v:.1f}%") if rate else (lambda v: f"{v:.2f}")
+    text = fmt(m) + (f" ± {fmt(s).rstrip('%')}" if s is not None and s == s and math.isfinite(s) else "")
+    k, n = row.get(f"{col} k"), row.get(f"{col} n")
+    if rate and k is not None and k == k and ".targeted_" in col:
+        lo, hi = row.get(f"{col} ci95_lo"), row.get(f"{col} ci95_hi")
+        text = f"{int(k)}/{int(n)} = {100 * k / n:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+    return text
+
+
+def markdown_table(summary_csv: Path) -> str:
+    """summary.csv's figure columns as a markdown table (mean ± std over models; targeted
+    success as pooled k/n with its 95% Wilson interval)."""
+    import csv
+
+    rows = list(csv.DictReader(summary_csv.open()))
+    if not rows:
+        return ""
+    settings = [c for c in rows[0] if " " not in c and c not in ("n_models",) and not c.startswith("model.")]
+    sizes = [c for c in ("model.vision_params", "model.n_params") if c in rows[0]]
+    metrics = [(c, label) for c, label in KEY_METRICS if f"{c} mean" in rows[0]]
+    head = [*(c.rsplit(".", 1)[-1] for c in settings), *(("image tower", "whole model")[i] for i, _ in
+                                                         enumerate(sizes)), "models", *(lbl for _, lbl in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = {k: (float(v) if v not in ("", None) and k.split(" ")[-1] in
+                    ("mean", "std", "ci95_lo", "ci95_hi", "k", "n") else v) for k, v in r.items()}
+        cells = [vals[c] for c in settings]
+        cells += [f"{float(r[c]) / 1e6:.2f}M" if r[c] else "-" for c in sizes]
+        cells.append(r["n_models"])
+        cells += [_cell(vals, c, not c.endswith(("z_as_trained", "z_corner", "z_random"))) for c, _ in metrics]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def copy_report(report: Path, dest: Path) -> None:
     """The report's CSVs and PNGs (not the SVGs and HTML: the PNGs are what the docs show)."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in [*report.glob("*.csv"), *report.glob("*.json"), *(report / "figures").glob("*.png")]:
         shutil.copyfile(f, dest / f.name)
+    if (report / "summary.csv").is_file():
+        (dest / "summary.md").write_text(markdown_table(report / "summary.csv"))
 
 
 def main() -> None:
