@@ -158,3 +158,18 @@ def test_model_size_sweep_reports_parameter_counts_and_their_trend(tmp_path):
     sig = pd.read_csv(res.tables["significance"])
     assert set(sig["figure"]) == {"Fig. 5 right"} and set(sig["axis"]) == {"model.n_params"}
     assert "fig5_zscore_vs_model_size" in res.figures
+
+
+def test_rate_vs_draws_pooled_rates_with_wilson_intervals():
+    from poisonclip.evaluate.stats import wilson_interval
+    from poisonclip.report import figures as F
+
+    ax = F.rate_vs([("poisoned", [1, 2], [7, 20], [20, 20]), ("clean", [1, 2], [0, 0], [20, 20])], xlabel="n")
+    line = ax.containers[0].lines[0]
+    assert list(line.get_ydata()) == [0.35, 1.0]
+    segments = ax.containers[0].lines[2][0].get_segments()
+    lo, hi = wilson_interval(7, 20)
+    assert segments[0][:, 1].tolist() == pytest.approx([lo, hi])
+    # the two series sit side by side at each count, not on top of each other
+    assert ax.containers[0].lines[0].get_xdata()[0] < 1 < ax.containers[1].lines[0].get_xdata()[0]
+    F.close(ax)

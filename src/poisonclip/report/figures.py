@@ -163,6 +163,9 @@ def rate_vs(series: Sequence[tuple[str, Sequence[float], Sequence[int], Sequence
     xs_all: set[float] = set()
     for i, (label, xs, ks, ns) in enumerate(series):
         xs, ks, ns = np.asarray(xs, dtype=float), np.asarray(ks, dtype=int), np.asarray(ns, dtype=int)
+        xs_all.update(xs[ns > 0].tolist())
+        # side by side, so equal rates of two series do not hide each other's interval
+        xs = xs * (1 + 0.04 * (i - (len(series) - 1) / 2)) if logx else xs + 0.04 * (i - (len(series) - 1) / 2)
         keep = ns > 0
         if not keep.any():
             continue
@@ -172,7 +175,6 @@ def rate_vs(series: Sequence[tuple[str, Sequence[float], Sequence[int], Sequence
         ls = linestyles[i] if linestyles else "-"
         ax.errorbar(xs, rate, yerr=[rate - ci[:, 0], ci[:, 1] - rate], marker="o", markersize=4, capsize=3,
                     linestyle=ls, color=PALETTE[i % len(PALETTE)], label=label)
-        xs_all.update(xs.tolist())
     if logx and xs_all and min(xs_all) > 0:
         ax.set_xscale("log")
         _plain_ticks(ax.xaxis, sorted(xs_all))
