@@ -62,9 +62,10 @@ def collect_pairs(folders: Sequence[str | os.PathLike]) -> Any:
         df = store.frame("done")
         if df.empty or P_COL not in df.columns or C_COL not in df.columns:
             continue
-        for _, r in A._in_seed_order(df.dropna(subset=[P_COL, C_COL])).iterrows():
-            t = trials.get(r["trial"])
-            if t is None or not t.baseline or t.keys.model in seen:
+        done = {r["trial"]: r for _, r in df.dropna(subset=[P_COL, C_COL]).iterrows()}
+        for t in trials.values():   # the spec's order: settings as its grid lists them
+            r = done.get(t.name)
+            if r is None or not t.baseline or t.keys.model in seen:
                 continue
             seen.add(t.keys.model)
             setting = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in t.params.items() if k != SEED_AXIS)
