@@ -103,14 +103,16 @@ def markdown_table(summary_csv: Path) -> str:
     if not rows:
         return ""
     settings = [c for c in rows[0] if " " not in c and c not in ("n_models",) and not c.startswith("model.")]
-    sizes = [c for c in ("model.vision_params", "model.n_params") if c in rows[0]]
+    # parameter counts only where the model is the figure's axis
+    sizes = [c for c in ("model.vision_params", "model.n_params") if c in rows[0] and len({r[c] for r in rows}) > 1]
     metrics = [(c, label) for c, label in KEY_METRICS if f"{c} mean" in rows[0]]
     head = [*(c.rsplit(".", 1)[-1] for c in settings), *(("image tower", "whole model")[i] for i, _ in
                                                          enumerate(sizes)), "models", *(lbl for _, lbl in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = {k: (float(v) if v not in ("", None) and k.split(" ")[-1] in
-                    ("mean", "std", "ci95_lo", "ci95_hi", "k", "n") else v) for k, v in r.items()}
+        stats = ("mean", "std", "ci95_lo", "ci95_hi", "k", "n")
+        vals = {k: ((float(v) if v not in ("", None) else None) if k.split(" ")[-1] in stats else v)
+                for k, v in r.items()}
         cells = [vals[c] for c in settings]
         cells += [f"{float(r[c]) / 1e6:.2f}M" if r[c] else "-" for c in sizes]
         cells.append(r["n_models"])
