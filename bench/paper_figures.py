@@ -130,6 +130,42 @@ def copy_report(report: Path, dest: Path) -> None:
         (dest / "summary.md").write_text(markdown_table(report / "summary.csv"))
 
 
+def times_table(runs: Path, results: Path) -> str:
+    """Per preset: the measured wall time of its runs (with the models earlier presets left in
+    the cache), the models it trained, and the time it would take alone: the measured time
+    plus half (two workers) the recorded training time of the models it found in the cache."""
+    from datetime import datetime, timezone
+
+    from poisonclip.experiments.store import SweepDir
+
+    lines = ["| preset | trials | models (trained here / reused) | measured wall time | alone (estimate) |",
+             "|---|---|---|---|---|"]
+    for name in PRESETS:
+        log, sweep = results / name / "run.json", SweepDir(runs / name)
+        if not log.is_file() or not (sweep.root / "trials.json").is_file():
+            continue
+        calls = [c for c in json.loads(log.read_text())["calls"] if c["rc"] == 0]
+        windows = [(datetime.strptime(c["started"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp(),
+                    c["wall_s"]) for c in calls]
+        trials = sweep.load_trials()
+        keys = {t.keys.model for t in trials} | {t.keys.clean_model for t in trials if t.baseline}
+        here, reused_s, n_reused = 0, 0.0, 0
+        for key in keys:
+            marker = sweep.cache_marker("model", key)
+            if not marker.is_file():
+                continue
+            built = any(t0 <= marker.stat().st_mtime <= t0 + w for t0, w in windows)
+            if built:
+                here += 1
+            else:
+                n_reused += 1
+                reused_s += json.loads(marker.read_text()).get("built_s", 0.0)
+        wall = sum(w for _, w in windows)
+        lines.append(f"| {name} | {len(trials)} | {here} / {n_reused} | {wall / 60:.1f} min "
+                     f"({len(calls)} run{'s' if len(calls) > 1 else ''}) | {(wall + reused_s / 2) / 60:.0f} min |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("presets", nargs="*", default=list(PRESETS))
@@ -144,6 +180,7 @@ def main() -> None:
             make_report(name, args.runs, args.results)
         else:
             run_preset(name, args.runs, args.cache, args.results, args.workers)
+    (args.results / "times.md").write_text(times_table(args.runs, args.results))
     folders = [args.runs / n for n in PRESETS if (args.runs / n / "spec.yaml").is_file()]
     if folders:
         pooled = args.results / "clean-accuracy"
