@@ -51,6 +51,15 @@ def test_interaction_detects_a_crossover_and_not_parallel_lines():
     assert r["p_value"] > 0.01 and r["ci95_lo"] < 0 < r["ci95_hi"]
 
 
+def test_adjacent_compares_each_size_with_the_next():
+    x = [8, 8, 8, 16, 16, 16, 32, 32, 32]
+    y = [0.0, 0.1, 0.05, 2.0, 2.1, 1.9, 2.0, 2.2, 2.1]
+    rows = T.adjacent(x, y, figure="f", metric="z", axis="patch")
+    assert [r["axis"] for r in rows] == ["patch: 8 -> 16", "patch: 16 -> 32"]
+    assert rows[0]["estimate"] == pytest.approx(1.95) and rows[0]["p_value"] < 0.001
+    assert rows[1]["p_value"] > 0.2
+
+
 def test_mcnemar_on_targets_counts_only_the_discordant_ones():
     all_hit = [(4, True, False)] * 10 + [(1, False, False)] * 10
     rows = {r["axis"]: r for r in T.targets_vs_clean(all_hit, figure="f", metric="m", axis="n")}
@@ -156,7 +165,8 @@ def test_model_size_sweep_reports_parameter_counts_and_their_trend(tmp_path):
     summary = pd.read_csv(res.tables["summary"]).set_index("train.model")
     assert summary.loc["big", "model.n_params"] == 30_000_000 and summary.loc["tiny", "model.n_params"] == 1_000_000
     sig = pd.read_csv(res.tables["significance"])
-    assert set(sig["figure"]) == {"Fig. 5 right"} and set(sig["axis"]) == {"model.n_params"}
+    assert set(sig["figure"]) == {"Fig. 5 right"}
+    assert set(sig["axis"]) == {"model.n_params", "model.n_params: 1e+06 -> 5e+06", "model.n_params: 5e+06 -> 3e+07"}
     assert "fig5_zscore_vs_model_size" in res.figures
 
 

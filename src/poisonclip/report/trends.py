@@ -15,6 +15,7 @@ degrees of freedom; the trend tests use every model of the figure at once.
   crossover)? OLS of the metric on placement, log2(poisons) and their product; the t-test of
   the product's coefficient.
 * ``per_point``: the two placements at each count, Welch's t-test over models.
+* ``adjacent``: each patch size against the next larger one (Fig. 6), Welch's t-test.
 * ``targets_vs_clean``: targeted poisoning, per count, each target as scored by the poisoned
   model and by the clean model of the same seed: the exact McNemar test (a binomial test on
   the targets where the two disagree). Targets of one model share it, so this p-value counts
@@ -119,6 +120,20 @@ def per_point(x: Sequence[Any], group: Sequence[Any], y: Sequence[float], *, fig
     return rows
 
 
+def adjacent(x: Sequence[float], y: Sequence[float], *, figure: str, metric: str, axis: str) -> list[Row]:
+    """Each value of the axis against the next larger one: Welch's t-test over models (does one
+    more step of the axis still change the metric? Fig. 6: is 16x16 better than 4x4?)."""
+    x, y = _clean(x, y)
+    values = sorted(set(x.tolist()))
+    rows = []
+    for a, b in zip(values, values[1:]):
+        keep = np.isin(x, [a, b])
+        rows += [{**r, "axis": f"{axis}: {a:g} -> {b:g}"} for r in
+                 per_point(np.zeros(keep.sum()), x[keep], y[keep], figure=figure, metric=metric, axis=axis,
+                           levels=(a, b))]
+    return rows
+
+
 def targets_vs_clean(pairs: Iterable[tuple[Any, bool, bool]], *, figure: str, metric: str, axis: str) -> list[Row]:
     """``pairs``: (x, success on the poisoned model, success on its seed's clean model) per
     target; per x the exact McNemar test (binomial on the discordant targets)."""
@@ -197,6 +212,11 @@ def figure_tests(df: Any, axes: Mapping[str, str], varying: Sequence[str],
         x = "model.vision_params" if col("model.vision_params") else ("model.n_params" if col("model.n_params") else None)
         if x:
             add_trends("Fig. 5 right", x, ["poisoned.z_as_trained", "poisoned.asr_as_trained_zeroshot"])
+            rows.extend(adjacent(df[x], df["poisoned.z_as_trained"], figure="Fig. 5 right",
+                                 metric="poisoned.z_as_trained", axis=x))
     if backdoor and axes["patch"] in varying:
         add_trends("Fig. 6", axes["patch"], ["poisoned.z_as_trained", "poisoned.asr_as_trained_zeroshot"])
+        if col("poisoned.z_as_trained"):
+            rows.extend(adjacent(df[axes["patch"]], df["poisoned.z_as_trained"], figure="Fig. 6",
+                                 metric="poisoned.z_as_trained", axis=axes["patch"]))
     return rows
