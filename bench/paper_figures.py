@@ -183,8 +183,10 @@ def main() -> None:
     (args.results / "times.md").write_text(times_table(args.runs, args.results))
     folders = [args.runs / n for n in PRESETS if (args.runs / n / "spec.yaml").is_file()]
     if folders:
-        pooled = args.results / "clean-accuracy"
-        subprocess.run([*CLI, "report", "--pool", *map(str, folders), "--out", str(pooled)], cwd=ROOT)
+        pooled = args.runs / "clean-accuracy"
+        rc = subprocess.run([*CLI, "report", "--pool", *map(str, folders), "--out", str(pooled)], cwd=ROOT).returncode
+        if rc == 0:
+            copy_report(pooled, args.results / "clean-accuracy")
 
 
 if __name__ == "__main__":
