@@ -96,7 +96,7 @@ def test_paper_scale_cluster_specs_are_valid_but_for_their_data_paths(tmp_path):
 
     pytest.importorskip("submitit")
     specs = sorted((Path(__file__).resolve().parents[2] / "configs" / "paper" / "cluster").glob("*.yaml"))
-    assert len(specs) == 5
+    assert len(specs) == 6   # Figs. 2 (left and right), 4, 5 (left and right), 6
     for path in specs:
         spec = load_spec(path)
         with pytest.raises(UserError, match="corpus.test: /data/imagenet/val.csv not found"):
