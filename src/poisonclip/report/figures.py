@@ -194,7 +194,8 @@ def _plain_ticks(axis: Any, values: Sequence[float] | None = None) -> None:
 
     if values is not None and 0 < len(values) <= 12:
         axis.set_ticks(values)
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # whole numbers as they are (1500), fractions to two digits (0.091, not 0.090626)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if float(v).is_integer() else f"{v:.2g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
