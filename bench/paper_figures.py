@@ -124,7 +124,9 @@ def markdown_table(summary_csv: Path) -> str:
 def copy_report(report: Path, dest: Path) -> None:
     """The report's CSVs and PNGs (not the SVGs and HTML: the PNGs are what the docs show)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for f in [*report.glob("*.csv"), *report.glob("*.json"), *(report / "figures").glob("*.png")]:
+    # pooled.json only marks the pooled report's own folder (with absolute paths): not a result
+    for f in [*report.glob("*.csv"), *(j for j in report.glob("*.json") if j.name != "pooled.json"),
+              *(report / "figures").glob("*.png")]:
         shutil.copyfile(f, dest / f.name)
     if (report / "summary.csv").is_file():
         (dest / "summary.md").write_text(markdown_table(report / "summary.csv"))

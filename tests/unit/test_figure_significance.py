@@ -110,6 +110,19 @@ def test_pooled_clean_accuracy_counts_a_shared_model_once_and_tests_over_clean_m
     assert {"sweep: a", "sweep: b", "a: n_poisons=5", "b: n_poisons=40"} <= set(table.index)
     assert table.loc["a: n_poisons=5", "test"] == "paired_t" and table.loc["a: n_poisons=5", "n_clean_models"] == 3
     assert res.figures["clean_accuracy_pairs"].read_bytes().startswith(b"\x89PNG")
+    # a rerun replaces its own earlier report; a folder of the user's is refused and left as it was
+    again = build_pooled([tmp_path / "a", tmp_path / "b"], tmp_path / "pooled")
+    assert pd.read_csv(again.tables["pairs"]).equals(pairs)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "pairs.csv").write_text("my data\n")
+    from poisonclip.errors import UserError
+
+    with pytest.raises(UserError, match="not a pooled clean-accuracy report"):
+        build_pooled([tmp_path / "a"], mine)
+    assert (mine / "pairs.csv").read_text() == "my data\n" and sorted(p.name for p in mine.iterdir()) == ["pairs.csv"]
+    with pytest.raises(UserError, match="inside the input"):
+        build_pooled([tmp_path / "a"], tmp_path / "a" / "pooled")
 
 
 def test_report_cli_pool_needs_out_and_one_folder_without_pool(tmp_path):

@@ -347,11 +347,8 @@ def _target_pairs(sweep: SweepDir, trials: Sequence[Trial], df: Any, poisons: st
     for t in trials:
         if t.name not in done or poisons not in t.params:
             continue
-        per = {}
-        for who in ("poisoned", "clean"):
-            path = sweep.trial(t.name) / EVAL_DIRS[who] / METRICS_FILE
-            if path.is_file():
-                per[who] = {x.get("id"): x for x in (read_metrics(path).targeted or {}).get("targets") or []}
+        per = {who: {x.get("id"): x for x in targets} for who in ("poisoned", "clean")
+               if (targets := _eval_targets(sweep, t.name, who)) is not None}
         if len(per) < 2:
             continue
         for tid, p in per["poisoned"].items():
@@ -530,6 +527,15 @@ def _attack_intro(done: Sequence[Trial], df: Any, attacks: Sequence[str], attack
     return " ".join(parts)
 
 
+def _eval_targets(sweep: SweepDir, trial: str, who: str) -> list[dict[str, Any]] | None:
+    """The targets of targeted poisoning as one evaluation of a trial scored them (its
+    metrics.json); None when that evaluation has no file."""
+    path = sweep.trial(trial) / EVAL_DIRS[who] / METRICS_FILE
+    if not path.is_file():
+        return None
+    return list((read_metrics(path).targeted or {}).get("targets") or [])
+
+
 def _target_rows(sweep: SweepDir, targeted: Sequence[Trial]) -> list[list[Any]]:
     """Each target as the clean and the poisoned model of its seed saw it (the evaluator's
     metrics.json of the trial's two evaluations)."""
@@ -540,11 +546,8 @@ def _target_rows(sweep: SweepDir, targeted: Sequence[Trial]) -> list[list[Any]]:
 
     for t in sorted(targeted, key=by_seed):
         seed = t.params.get(SEED_AXIS, "—")
-        for who, folder in (("clean", EVAL_DIRS["clean"]), ("targeted", EVAL_DIRS["poisoned"])):
-            path = sweep.trial(t.name) / folder / METRICS_FILE
-            if not path.is_file():
-                continue
-            for x in (read_metrics(path).targeted or {}).get("targets") or []:
+        for who, evaluation in (("clean", "clean"), ("targeted", "poisoned")):
+            for x in _eval_targets(sweep, t.name, evaluation) or []:
                 zs = x.get("zeroshot", {})
                 rows.append([who, seed, x.get("id"), x.get("source_key") or "—", x.get("label"),
                              zs.get("predicted", "—"), zs.get("rank", "—"), "yes" if zs.get("success") else "no"])
